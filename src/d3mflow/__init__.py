@@ -1,0 +1,17 @@
+"""d3mflow: D3M data debiasing (TRAK attribution, group alignment, data selection) for
+chest X-ray classifiers, one concept per module:
+
+- ``names``: CheXpert labels, race groups and the slugs used in file names and wildcards.
+- ``demo``: a synthetic cohort in the exact MIMIC-CXR-JPG + MIMIC-IV layout, with planted biases.
+- ``cohort``: MIMIC files -> one row per image, race groups, splits, per-label binary tasks.
+- ``images``: decode-and-resize-once image cache shared by every job.
+- ``models``: ResNet-9 / ResNet-50 with a 2-logit head, checkpoints, device choice.
+- ``training``: seeded training and continued training.
+- ``attribution``: TRAK features with ``traker``; per-group attribution tau(g) by linearity.
+- ``alignment``: group alignment scores A_i from tau(g) and group losses.
+- ``selection``: which training images D3M keeps.
+- ``evaluation``: predictions and per-group accuracy / worst-group accuracy.
+- ``report``: the talk's tables, removals and detection scores.
+"""
+
+__version__ = "0.1.0"
