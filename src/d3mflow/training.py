@@ -1,0 +1,282 @@
+"""Seeded training: base models, TRAK ensemble models on random subsets, and continued
+training from a checkpoint on all (ERM) or only the kept (D3M) training images.
+
+Same seed and same thread count give bit-identical weights on the CPU: the model is
+initialised after ``torch.manual_seed(seed)`` and batches are shuffled with their own seeded
+generator, so nothing depends on global random state left behind by other code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from d3mflow.images import CachedImages
+from d3mflow.io import write_json
+from d3mflow.models import build_model, load_checkpoint, save_checkpoint, select_device
+
+log = logging.getLogger(__name__)
+
+# Share of all optimiser steps spent ramping the learning rate up from ~0: a warm-up keeps the
+# first large-lr steps of a short run from wrecking a freshly initialised (or pretrained) model.
+WARMUP_FRACTION = 0.2
+
+TASK_COLUMNS = ("image_index", "split", "y")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings of one training call (SGD with momentum, warm-up then linear decay)."""
+
+    epochs: int
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (batch norm needs a batch), got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up to 1, then linear decay.
+
+    The decay reaches 0 just after the last step, so every call anneals fully, whatever its
+    length; this is what makes short runs (5 + 10 epochs) converge."""
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return (total_steps - step) / max(1, total_steps - warmup)
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled split of positions ``0..n-1`` into batches of ``batch_size``.
+
+    A final batch of one example is merged into the previous batch rather than dropped (which
+    would lose data) or kept (batch norm cannot normalise a single example)."""
+    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def train(
+    model: nn.Module,
+    dataset: CachedImages,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    train_rows: np.ndarray | None = None,
+    epoch_callback: Callable[[int, nn.Module], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place on ``dataset`` positions ``train_rows`` (default: all).
+
+    Each call has a fresh optimiser and schedule, so continued training from a checkpoint is
+    just another call. ``epoch_callback(epoch, model)`` runs after each epoch (1-based), e.g.
+    to save per-epoch checkpoints. Returns one dict per epoch: epoch, loss and accuracy (means
+    over the epoch's training batches, in train mode), n, seconds."""
+    if dataset.labels is None:
+        raise ValueError("training needs a labelled dataset")
+    rows = np.arange(len(dataset)) if train_rows is None else np.asarray(train_rows, dtype=np.int64)
+    if len(rows) < 2:
+        raise ValueError(f"need at least 2 training examples, got {len(rows)}")
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    # Counted with the batching function itself so the schedule always matches the loop below.
+    total_steps = cfg.epochs * len(epoch_batches(len(rows), cfg.batch_size, torch.Generator()))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps))
+    log.info("training on %d examples for %d epochs (%d steps) on %s", len(rows), cfg.epochs, total_steps, device)
+
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        loss_sum, correct = 0.0, 0
+        for batch in epoch_batches(len(rows), cfg.batch_size, generator):
+            images, labels = dataset.get_batch(rows[batch.numpy()])
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            loss = nn.functional.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum().item()
+        record = {
+            "epoch": epoch,
+            "loss": loss_sum / len(rows),
+            "accuracy": correct / len(rows),
+            "n": len(rows),
+            "seconds": time.perf_counter() - start,
+        }
+        history.append(record)
+        log.info("epoch %(epoch)d: loss %(loss).4f accuracy %(accuracy).4f n %(n)d %(seconds).1fs", record)
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"training loss is {record['loss']} at epoch {epoch}; lower the learning rate")
+        if epoch_callback is not None:
+            epoch_callback(epoch, model)
+    return history
+
+
+def select_rows(
+    train_image_index: np.ndarray,
+    *,
+    keep: pd.DataFrame | None = None,
+    subset_fraction: float = 1.0,
+    subset_seed: int = 0,
+) -> np.ndarray:
+    """Positions (into ``train_image_index``) of the training rows to use.
+
+    ``keep`` (columns image_index, kept) restricts to kept rows and must list exactly the
+    training rows, so a selection made for another task or cohort cannot be applied by mistake.
+    Then, if ``subset_fraction < 1``, a random subset of that size is drawn with
+    ``numpy.random.default_rng(subset_seed)``. Positions are returned in ascending order."""
+    rows = np.arange(len(train_image_index))
+    if keep is not None:
+        rows = rows[_kept_mask(train_image_index, keep)]
+    if not 0.0 < subset_fraction <= 1.0:
+        raise ValueError(f"subset_fraction must be in (0, 1], got {subset_fraction}")
+    if subset_fraction < 1.0:
+        n_subset = max(2, round(subset_fraction * len(rows)))
+        rows = np.sort(np.random.default_rng(subset_seed).choice(rows, size=n_subset, replace=False))
+    return rows
+
+
+def _kept_mask(train_image_index: np.ndarray, keep: pd.DataFrame) -> np.ndarray:
+    """``keep.kept`` aligned to ``train_image_index``, after checking both list the same rows."""
+    missing_columns = {"image_index", "kept"} - set(keep.columns)
+    if missing_columns:
+        raise ValueError(f"keep table lacks columns {sorted(missing_columns)}")
+    if keep["kept"].dtype != bool:
+        raise ValueError(f"keep table column 'kept' must be bool, got {keep['kept'].dtype}")
+    keep = keep.sort_values("image_index")
+    keep_index = keep["image_index"].to_numpy()
+    order = np.argsort(train_image_index, kind="stable")
+    if not np.array_equal(keep_index, train_image_index[order]):
+        extra = np.setdiff1d(keep_index, train_image_index).size
+        missing = np.setdiff1d(train_image_index, keep_index).size
+        raise ValueError(
+            f"keep table rows do not match the task's {len(train_image_index)} training rows "
+            f"({len(keep_index)} rows, {extra} not in training, {missing} training rows absent, "
+            f"duplicates: {len(keep_index) != len(np.unique(keep_index))}); "
+            "was it made for another label or cohort?"
+        )
+    mask = np.empty(len(train_image_index), dtype=bool)
+    mask[order] = keep["kept"].to_numpy()
+    return mask
+
+
+def train_step(
+    task_parquet: str | os.PathLike,
+    cache: str | os.PathLike,
+    out_ckpt: str | os.PathLike,
+    history_out: str | os.PathLike,
+    *,
+    arch: str,
+    width: int,
+    pretrained: bool,
+    weights_path: str | os.PathLike | None,
+    cfg: TrainConfig,
+    subset_fraction: float = 1.0,
+    subset_seed: int = 0,
+    init_ckpt: str | os.PathLike | None = None,
+    keep_parquet: str | os.PathLike | None = None,
+    epoch_ckpt_dir: str | os.PathLike | None = None,
+    threads: int = 1,
+    device: str = "auto",
+) -> None:
+    """One workflow training job: train on the task's ``split == "train"`` rows and write
+    ``out_ckpt`` and ``history_out`` (the per-epoch history as JSON).
+
+    ``init_ckpt`` continues from a checkpoint (fresh optimiser and schedule) instead of a new
+    model; ``keep_parquet`` and ``subset_fraction`` choose rows as in ``select_rows``;
+    ``epoch_ckpt_dir`` also receives ``epoch_{e}.pt`` after every epoch. The checkpoint meta
+    records how the model was trained, never which label it was trained for."""
+    torch.set_num_threads(threads)
+    torch_device = select_device(device)
+    task = pd.read_parquet(task_parquet, columns=list(TASK_COLUMNS))
+    train_positions = np.flatnonzero(task["split"].to_numpy() == "train")
+    keep = None if keep_parquet is None else pd.read_parquet(keep_parquet)
+    rows = train_positions[
+        select_rows(
+            task["image_index"].to_numpy()[train_positions],
+            keep=keep,
+            subset_fraction=subset_fraction,
+            subset_seed=subset_seed,
+        )
+    ]
+    dataset = CachedImages(cache, task["image_index"].to_numpy(), task["y"].to_numpy())
+    log.info(
+        "task %s: %d training rows, using %d (keep: %s, subset fraction %s, seed %d)",
+        task_parquet, len(train_positions), len(rows), keep_parquet, subset_fraction, subset_seed,
+    )
+    model, init_epochs = _initial_model(arch, width, pretrained, weights_path, cfg.seed, init_ckpt)
+    meta = {
+        "cfg": asdict(cfg),
+        "n_train": len(rows),
+        "subset": {"fraction": subset_fraction, "seed": subset_seed},
+        "keep": None if keep_parquet is None else str(keep_parquet),
+        "init": None if init_ckpt is None else str(init_ckpt),
+        "device": str(torch_device),
+        "threads": threads,
+    }
+
+    def save_epoch(epoch: int, trained: nn.Module) -> None:
+        path = os.path.join(epoch_ckpt_dir, f"epoch_{epoch}.pt")
+        save_checkpoint(trained, path, arch=arch, width=width, meta={**meta, "epochs_total": init_epochs + epoch})
+
+    history = train(
+        model, dataset, cfg, torch_device, train_rows=rows,
+        epoch_callback=None if epoch_ckpt_dir is None else save_epoch,
+    )
+    meta.update(epochs_total=init_epochs + cfg.epochs, final_train_loss=history[-1]["loss"])
+    save_checkpoint(model, out_ckpt, arch=arch, width=width, meta=meta)
+    write_json(history, history_out)
+    log.info("wrote %s (trained on %s, final loss %.4f)", out_ckpt, torch_device, history[-1]["loss"])
+
+
+def _initial_model(
+    arch: str,
+    width: int,
+    pretrained: bool,
+    weights_path: str | os.PathLike | None,
+    seed: int,
+    init_ckpt: str | os.PathLike | None,
+) -> tuple[nn.Module, int]:
+    """The model to start from and the epochs it has already been trained for.
+
+    A fresh model is initialised right after seeding, so the seed fixes its weights. A
+    checkpoint must match ``arch`` and ``width``: continuing a different model than the
+    configuration describes would mislabel every result downstream."""
+    torch.manual_seed(seed)
+    if init_ckpt is None:
+        return build_model(arch, width=width, pretrained=pretrained, weights_path=weights_path), 0
+    model, meta = load_checkpoint(init_ckpt)
+    if (meta["arch"], meta["width"]) != (arch, width):
+        raise ValueError(
+            f"{init_ckpt} holds {meta['arch']} width {meta['width']}, but {arch} width {width} was requested"
+        )
+    log.info("continuing from %s (%d epochs so far)", init_ckpt, meta.get("epochs_total", 0))
+    return model, meta.get("epochs_total", 0)

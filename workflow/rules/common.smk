@@ -1,0 +1,152 @@
+# Helpers shared by all rules: config validation, paths, and per-label settings.
+# Params are computed per wildcard from here so that a config change only reaches the jobs
+# that actually use the changed value (Snakemake's params rerun trigger).
+import copy
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from d3mflow.names import CHEXPERT_LABELS, group_from_slug, group_slug, label_from_slug, label_slug
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+R = config["results"]
+LABELS = [label_slug(label) for label in config["labels"]]
+GROUPS = [group_slug(group) for group in config["groups"]]
+METHODS = config["evaluation"]["methods"]
+DEMO = config["data"]["source"] == "demo"
+
+
+wildcard_constraints:
+    label="|".join(label_slug(label) for label in CHEXPERT_LABELS),
+    group="|".join(group_slug(g) for g in ("Asian", "Black or African American", "Hispanic/Latino", "Other", "Unknown", "White")),
+    method="erm|d3m",
+    m=r"\d+",
+
+
+def _merge(base, override):
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def settings(label):
+    """The settings of one label (a slug): `defaults` with `overrides.<Label>` merged over it."""
+    return _merge(config["defaults"], config.get("overrides", {}).get(label_from_slug(label), {}))
+
+
+def _check_settings():
+    for label in LABELS:
+        s = settings(label)
+        where = f"label {label_from_slug(label)!r} (config keys defaults / overrides)"
+        if s["d3m"]["selection"] == "num_to_discard" and s["d3m"].get("num_to_discard") is None:
+            raise ValueError(f"{where}: d3m.selection is num_to_discard but d3m.num_to_discard is not set")
+        trak = s["trak"]
+        if trak["model_source"] == "base_checkpoints" and trak["num_models"] > s["train"]["base_epochs"]:
+            raise ValueError(
+                f"{where}: trak.num_models ({trak['num_models']}) exceeds train.base_epochs "
+                f"({s['train']['base_epochs']}), so there are not enough base checkpoints"
+            )
+    if not DEMO:
+        for key in ("mimic_cxr_jpg", "mimic_iv"):
+            if not config["data"].get(key):
+                raise ValueError(f"data.source is mimic but data.{key} is not set")
+
+
+_check_settings()
+
+
+def setting(*keys):
+    """A params function returning settings(label)[keys...] for the job's label."""
+
+    def lookup(wildcards):
+        value = settings(wildcards.label)
+        for key in keys:
+            value = value[key]
+        return value
+
+    return lookup
+
+
+def train_cfg(epochs_key):
+    """Params function: the TrainConfig fields of a label, with the given epoch count."""
+
+    def lookup(wildcards):
+        t = settings(wildcards.label)["train"]
+        return dict(
+            epochs=t[epochs_key], batch_size=t["batch_size"], lr=t["lr"], momentum=t["momentum"],
+            weight_decay=t["weight_decay"], seed=t["seed"],
+        )
+
+    return lookup
+
+
+def label_name(wildcards):
+    return label_from_slug(wildcards.label)
+
+
+def group_name(wildcards):
+    return group_from_slug(wildcards.group)
+
+
+# Inputs: the demo cohort is a rule output; real MIMIC files are plain existing inputs.
+CXR_ROOT = f"{R}/demo/mimic-cxr-jpg" if DEMO else config["data"]["mimic_cxr_jpg"]
+IV_ROOT = f"{R}/demo/mimiciv" if DEMO else config["data"]["mimic_iv"]
+
+
+def mimic_admissions():
+    """MIMIC-IV v2+/v3 keep admissions under hosp/, v1.0 under core/."""
+    hosp = f"{IV_ROOT}/hosp/admissions.csv.gz"
+    core = f"{IV_ROOT}/core/admissions.csv.gz"
+    return core if not DEMO and not Path(hosp).exists() and Path(core).exists() else hosp
+
+
+def mimic_inputs():
+    labeler = config["cohort"]["labeler"]
+    return dict(
+        metadata=f"{CXR_ROOT}/mimic-cxr-2.0.0-metadata.csv.gz",
+        labels=f"{CXR_ROOT}/mimic-cxr-2.0.0-{labeler}.csv.gz",
+        split=f"{CXR_ROOT}/mimic-cxr-2.0.0-split.csv.gz",
+        admissions=mimic_admissions(),
+        files=f"{CXR_ROOT}/files",
+    )
+
+
+def task(label="{label}"):
+    return f"{R}/cohort/tasks/{label}.parquet"
+
+
+IMAGE_CACHE = f"{R}/images/cache.npy"
+IMAGE_INDEX = f"{R}/images/cache_index.parquet"
+
+
+def model_cfg():
+    m = config["model"]
+    return dict(arch=m["arch"], width=m["width"], pretrained=m["pretrained"], weights_path=m["weights_path"])
+
+
+def trak_models(wildcards):
+    return range(settings(wildcards.label)["trak"]["num_models"])
+
+
+def feature_files(kind):
+    """Input function: the `kind` array of every TRAK model of the job's label."""
+
+    def files(wildcards):
+        return [f"{R}/trak/{wildcards.label}/features/m{m}/{kind}.npy" for m in trak_models(wildcards)]
+
+    return files
+
+
+def report_outputs():
+    return [
+        f"{R}/report/report.md",
+        f"{R}/report/accuracy_by_group.csv",
+        f"{R}/report/wga.csv",
+        f"{R}/report/removed_by_group.csv",
+        f"{R}/report/detection.csv",
+    ]

@@ -1,0 +1,14 @@
+from d3mflow.io import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from d3mflow.evaluation import predict_step
+
+predict_step(
+    snakemake.input.model,
+    snakemake.input.task,
+    snakemake.input.cache,
+    snakemake.output.predictions,
+    splits=("validate", "test"),
+    threads=snakemake.threads,
+)
