@@ -84,7 +84,7 @@ def featurize(
     float16 default on CUDA. ``model`` is not modified (a copy is moved to ``device``)."""
     device = str(torch.device(device))
     half = device != "cpu" if use_half_precision is None else use_half_precision
-    _check_proj_dim(proj_dim, n_train, _num_params(model))
+    _check_sizes(proj_dim, n_train, n_targets, _num_params(model))
     model = copy.deepcopy(model).to(device)
     checkpoint = model.state_dict()
     _check_finite_weights(checkpoint)
@@ -143,8 +143,10 @@ def _num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _check_proj_dim(proj_dim: int, n_train: int, n_params: int) -> None:
-    """Reject projection sizes for which traker fails or returns meaningless features."""
+def _check_sizes(proj_dim: int, n_train: int, n_targets: int, n_params: int) -> None:
+    """Reject sizes for which traker fails or returns meaningless features."""
+    if n_targets < 1:
+        raise ValueError(f"need at least one target to score, got n_targets={n_targets}")
     if proj_dim <= _BASIC_PROJECTOR_BLOCK:
         raise ValueError(
             f"proj_dim must be > {_BASIC_PROJECTOR_BLOCK}, got {proj_dim}: traker's BasicProjector "
