@@ -28,7 +28,9 @@ import pandas as pd
 import torch
 from trak import TRAKer
 
+from .images import CachedImages
 from .io import write_json, write_npy, write_parquet
+from .models import load_checkpoint, select_device
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,60 @@ def featurize_to_files(
         arrays["out_to_loss"].shape,
         arrays["target_grads"].shape,
     )
+
+
+def featurize_step(
+    model_ckpt: str | os.PathLike,
+    task_parquet: str | os.PathLike,
+    cache: str | os.PathLike,
+    *,
+    out_features: str | os.PathLike,
+    out_out_to_loss: str | os.PathLike,
+    out_target_grads: str | os.PathLike,
+    proj_dim: int,
+    projector_seed: int,
+    model_index: int,
+    batch_size: int,
+    workdir: str | os.PathLike,
+    threads: int = 1,
+    device: str = "auto",
+) -> None:
+    """Snakemake job: TRAK arrays of one ensemble model over one label's task.
+
+    Training rows (``split == "train"``) and targets (``split == "validate"``) are fed in task
+    order, unshuffled and unaugmented, which is the order ``tau_step`` assumes. Model
+    ``model_index`` gets the projection traker would give that model id in a shared save_dir."""
+    torch.set_num_threads(threads)
+    torch_device = select_device(device)
+    model, _ = load_checkpoint(model_ckpt, torch_device)
+    task = pd.read_parquet(task_parquet, columns=["image_index", "split", "y"])
+    train = CachedImages(cache, *_split_arrays(task, "train"))
+    targets = CachedImages(cache, *_split_arrays(task, "validate"))
+    featurize_to_files(
+        model,
+        _batches(train, batch_size),
+        _batches(targets, batch_size),
+        out_features=out_features,
+        out_out_to_loss=out_out_to_loss,
+        out_target_grads=out_target_grads,
+        n_train=len(train),
+        n_targets=len(targets),
+        proj_dim=proj_dim,
+        projector_seed=traker_projector_seed(model_index, projector_seed),
+        device=torch_device.type,
+        workdir=workdir,
+    )
+
+
+def _split_arrays(task: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = task[task["split"] == split]
+    return rows["image_index"].to_numpy(), rows["y"].to_numpy()
+
+
+def _batches(dataset: CachedImages, batch_size: int) -> Iterable:
+    """Consecutive ``(x, y)`` batches in dataset order."""
+    for start in range(0, len(dataset), batch_size):
+        yield dataset.get_batch(np.arange(start, min(start + batch_size, len(dataset))))
 
 
 def _num_params(model: torch.nn.Module) -> int:

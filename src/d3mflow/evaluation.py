@@ -16,12 +16,17 @@ import torch
 from torch import nn
 
 from d3mflow.images import CachedImages
-from d3mflow.io import write_parquet
+from d3mflow.io import write_csv, write_parquet
 from d3mflow.models import load_checkpoint, select_device
+from d3mflow.names import RACE_GROUPS
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("image_index", "dicom_id", "subject_id", "split", "race_group", "y", "p", "pred", "loss")
+OVERALL = "Overall"
+
+PREDICTION_COLUMNS = (
+    "image_index", "dicom_id", "subject_id", "split", "race_group", "y", "p", "pred", "loss"
+)
 
 
 @torch.no_grad()
@@ -79,3 +84,38 @@ def predict_step(
             "%s %s: n %d accuracy %.4f mean loss %.4f",
             ckpt, split, len(part), (part["pred"] == part["y"]).mean(), part["loss"].mean(),
         )
+
+
+def accuracy_by_group(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy with its n for each of the six race groups and overall.
+
+    Groups without test images keep their row with n = 0 and accuracy NaN, so that a missing
+    group is visible in the report instead of silently dropped."""
+    correct = predictions["pred"].to_numpy() == predictions["y"].to_numpy()
+    rows = []
+    for group in (*RACE_GROUPS, OVERALL):
+        mask = np.ones(len(predictions), bool) if group == OVERALL else (predictions["race_group"] == group).to_numpy()
+        n = int(mask.sum())
+        k = int(correct[mask].sum())
+        rows.append({"group": group, "n": n, "correct": k, "accuracy": k / n if n else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def worst_group(metrics: pd.DataFrame) -> tuple[str, float]:
+    """The race group with the lowest accuracy among groups with test images, and that accuracy."""
+    groups = metrics[(metrics["group"] != OVERALL) & (metrics["n"] > 0)]
+    if groups.empty:
+        raise ValueError("no race group has test images; worst-group accuracy is undefined")
+    row = groups.loc[groups["accuracy"].idxmin()]
+    return str(row["group"]), float(row["accuracy"])
+
+
+def evaluate_step(ckpt, task_parquet, cache, out_predictions, out_metrics, *, threads=1, device="auto") -> None:
+    """Score a model on the task's test images: predictions parquet and accuracy per group."""
+    predict_step(ckpt, task_parquet, cache, out_predictions, splits=("test",), threads=threads, device=device)
+    predictions = pd.read_parquet(out_predictions)
+    metrics = accuracy_by_group(predictions)
+    group, wga = worst_group(metrics)
+    log.info("test accuracy %.4f (n=%d); worst group %s at %.4f",
+             metrics.iloc[-1]["accuracy"], metrics.iloc[-1]["n"], group, wga)
+    write_csv(metrics, out_metrics)

@@ -102,7 +102,12 @@ def build_image_cache(
             _fill(cache, starts, map(_decode_chunk, file_chunks, id_chunks, sizes), n)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                _fill(cache, starts, pool.map(_decode_chunk, file_chunks, id_chunks, sizes), n)
+                try:
+                    _fill(cache, starts, pool.map(_decode_chunk, file_chunks, id_chunks, sizes), n)
+                except BaseException:
+                    # Fail fast on a bad image instead of decoding the rest of the cohort first.
+                    pool.shutdown(cancel_futures=True)
+                    raise
         cache.flush()
         del cache  # close the memory map before the file is renamed into place
     write_parquet(cohort, index_out)
@@ -128,7 +133,9 @@ class CachedImages(torch.utils.data.Dataset):
     image when ``labels`` is None. ``get_batch`` gathers many positions at once: the data is
     small and in the page cache, so vectorised gathering is much faster than a DataLoader."""
 
-    def __init__(self, cache_path: str | os.PathLike, image_index: np.ndarray, labels: np.ndarray | None = None):
+    def __init__(
+        self, cache_path: str | os.PathLike, image_index: np.ndarray, labels: np.ndarray | None = None
+    ):
         self.cache_path = Path(cache_path)
         self.image_index = np.asarray(image_index, dtype=np.int64)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)

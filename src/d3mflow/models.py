@@ -28,9 +28,9 @@ IN_CHANNELS = 1
 RESNET9_LOGIT_SCALE = 0.125
 
 # File names torch hub gives the torchvision ImageNet ResNet-50 weights when it downloads them.
+_RESNET50_WEIGHTS = torchvision.models.ResNet50_Weights
 _RESNET50_HUB_FILES = tuple(
-    Path(w.url).name
-    for w in (torchvision.models.ResNet50_Weights.IMAGENET1K_V2, torchvision.models.ResNet50_Weights.IMAGENET1K_V1)
+    Path(w.url).name for w in (_RESNET50_WEIGHTS.IMAGENET1K_V2, _RESNET50_WEIGHTS.IMAGENET1K_V1)
 )
 
 
@@ -169,7 +169,8 @@ def select_device(prefer: str = "auto") -> torch.device:
             return device
         if visible not in (None, ""):
             log.warning(
-                "CUDA_VISIBLE_DEVICES=%s is set but no usable GPU (torch %s, CUDA build %s); falling back to CPU",
+                "CUDA_VISIBLE_DEVICES=%s is set but there is no usable GPU (torch %s, CUDA build %s); "
+                "falling back to CPU",
                 visible,
                 torch.__version__,
                 torch.version.cuda,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from d3mflow.images import CachedImages
-from d3mflow.io import write_json
+from d3mflow.io import atomic_path, write_json
 from d3mflow.models import build_model, load_checkpoint, save_checkpoint, select_device
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,12 @@ class TrainConfig:
 def lr_factor(step: int, total_steps: int) -> float:
     """Learning-rate multiplier at ``step`` (0-based): linear warm-up to 1, then linear decay.
 
-    The decay reaches 0 just after the last step, so every call anneals fully, whatever its
-    length; this is what makes short runs (5 + 10 epochs) converge."""
+    The decay reaches 0 just after the last step, so every call ends fully annealed whatever
+    its length, which short runs (5 then 10 epochs) need."""
     warmup = max(1, round(WARMUP_FRACTION * total_steps))
     if step < warmup:
         return (step + 1) / warmup
-    return (total_steps - step) / max(1, total_steps - warmup)
+    return (total_steps - step) / (total_steps - warmup + 1)
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -107,7 +108,7 @@ def train(
     # Counted with the batching function itself so the schedule always matches the loop below.
     total_steps = cfg.epochs * len(epoch_batches(len(rows), cfg.batch_size, torch.Generator()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps))
-    log.info("training on %d examples for %d epochs (%d steps) on %s", len(rows), cfg.epochs, total_steps, device)
+    log.info("training on %d examples, %d epochs (%d steps) on %s", len(rows), cfg.epochs, total_steps, device)
 
     history = []
     for epoch in range(1, cfg.epochs + 1):
@@ -134,7 +135,7 @@ def train(
         history.append(record)
         log.info("epoch %(epoch)d: loss %(loss).4f accuracy %(accuracy).4f n %(n)d %(seconds).1fs", record)
         if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"training loss is {record['loss']} at epoch {epoch}; lower the learning rate")
+            raise FloatingPointError(f"training loss is {record['loss']} at epoch {epoch}; lower the lr")
         if epoch_callback is not None:
             epoch_callback(epoch, model)
     return history
@@ -153,13 +154,13 @@ def select_rows(
     training rows, so a selection made for another task or cohort cannot be applied by mistake.
     Then, if ``subset_fraction < 1``, a random subset of that size is drawn with
     ``numpy.random.default_rng(subset_seed)``. Positions are returned in ascending order."""
+    if not 0.0 < subset_fraction <= 1.0:
+        raise ValueError(f"subset_fraction must be in (0, 1], got {subset_fraction}")
     rows = np.arange(len(train_image_index))
     if keep is not None:
         rows = rows[_kept_mask(train_image_index, keep)]
-    if not 0.0 < subset_fraction <= 1.0:
-        raise ValueError(f"subset_fraction must be in (0, 1], got {subset_fraction}")
     if subset_fraction < 1.0:
-        n_subset = max(2, round(subset_fraction * len(rows)))
+        n_subset = round(subset_fraction * len(rows))
         rows = np.sort(np.random.default_rng(subset_seed).choice(rows, size=n_subset, replace=False))
     return rows
 
@@ -232,20 +233,31 @@ def train_step(
         "task %s: %d training rows, using %d (keep: %s, subset fraction %s, seed %d)",
         task_parquet, len(train_positions), len(rows), keep_parquet, subset_fraction, subset_seed,
     )
-    model, init_epochs = _initial_model(arch, width, pretrained, weights_path, cfg.seed, init_ckpt)
+    model, init_meta = _initial_model(arch, width, pretrained, weights_path, cfg.seed, init_ckpt)
+    init_epochs = 0 if init_meta is None else init_meta["epochs_total"]
+    # Facts only, no file paths: paths name the label, and the meta should read the same for
+    # every label (and on every machine).
     meta = {
         "cfg": asdict(cfg),
         "n_train": len(rows),
+        "n_train_rows": len(train_positions),
         "subset": {"fraction": subset_fraction, "seed": subset_seed},
-        "keep": None if keep_parquet is None else str(keep_parquet),
-        "init": None if init_ckpt is None else str(init_ckpt),
+        "keep": None if keep is None else {
+            "n_kept": int(keep["kept"].sum()),
+            "n_dropped": int((~keep["kept"]).sum()),
+        },
+        "init": None if init_meta is None else {
+            "epochs_total": init_epochs,
+            "final_train_loss": init_meta.get("final_train_loss"),
+        },
         "device": str(torch_device),
         "threads": threads,
     }
 
     def save_epoch(epoch: int, trained: nn.Module) -> None:
         path = os.path.join(epoch_ckpt_dir, f"epoch_{epoch}.pt")
-        save_checkpoint(trained, path, arch=arch, width=width, meta={**meta, "epochs_total": init_epochs + epoch})
+        epoch_meta = {**meta, "epochs_total": init_epochs + epoch}
+        save_checkpoint(trained, path, arch=arch, width=width, meta=epoch_meta)
 
     history = train(
         model, dataset, cfg, torch_device, train_rows=rows,
@@ -257,6 +269,46 @@ def train_step(
     log.info("wrote %s (trained on %s, final loss %.4f)", out_ckpt, torch_device, history[-1]["loss"])
 
 
+def trak_model_step(
+    out_model: str | os.PathLike,
+    out_history: str | os.PathLike,
+    *,
+    source: str,
+    model: dict,
+    task_parquet: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    epochs_dir: str | os.PathLike | None = None,
+    epoch: int | None = None,
+    subset_fraction: float = 1.0,
+    subset_seed: int = 0,
+    train: dict | None = None,
+    threads: int = 1,
+    device: str = "auto",
+) -> None:
+    """One workflow job making TRAK ensemble model m, from either ``source``:
+
+    - ``"subsets"``: train a fresh model (``model``: arch, width, pretrained, weights_path) on a
+      random ``subset_fraction`` of the training rows, with ``train`` as TrainConfig fields;
+    - ``"base_checkpoints"``: copy ``epochs_dir/epoch_{epoch}.pt`` of the base run (TRAK's
+      cheaper alternative to independently trained models); the history is then empty.
+    (``train`` names the config, as the workflow passes it, not the function.)"""
+    if source == "subsets":
+        train_step(
+            task_parquet, cache, out_model, out_history, **model, cfg=TrainConfig(**train),
+            subset_fraction=subset_fraction, subset_seed=subset_seed, threads=threads, device=device,
+        )
+    elif source == "base_checkpoints":
+        checkpoint = os.path.join(epochs_dir, f"epoch_{epoch}.pt")
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"base checkpoint {checkpoint} not found (base run under {epoch} epochs?)")
+        with atomic_path(out_model) as tmp:
+            shutil.copyfile(checkpoint, tmp)
+        write_json([], out_history)
+        log.info("TRAK model %s is base checkpoint %s", out_model, checkpoint)
+    else:
+        raise ValueError(f"unknown TRAK model source {source!r}; expected 'subsets' or 'base_checkpoints'")
+
+
 def _initial_model(
     arch: str,
     width: int,
@@ -264,19 +316,20 @@ def _initial_model(
     weights_path: str | os.PathLike | None,
     seed: int,
     init_ckpt: str | os.PathLike | None,
-) -> tuple[nn.Module, int]:
-    """The model to start from and the epochs it has already been trained for.
+) -> tuple[nn.Module, dict | None]:
+    """The model to start from, and the meta of its checkpoint (None for a fresh model).
 
     A fresh model is initialised right after seeding, so the seed fixes its weights. A
     checkpoint must match ``arch`` and ``width``: continuing a different model than the
     configuration describes would mislabel every result downstream."""
     torch.manual_seed(seed)
     if init_ckpt is None:
-        return build_model(arch, width=width, pretrained=pretrained, weights_path=weights_path), 0
+        return build_model(arch, width=width, pretrained=pretrained, weights_path=weights_path), None
     model, meta = load_checkpoint(init_ckpt)
     if (meta["arch"], meta["width"]) != (arch, width):
         raise ValueError(
             f"{init_ckpt} holds {meta['arch']} width {meta['width']}, but {arch} width {width} was requested"
         )
-    log.info("continuing from %s (%d epochs so far)", init_ckpt, meta.get("epochs_total", 0))
-    return model, meta.get("epochs_total", 0)
+    meta.setdefault("epochs_total", 0)
+    log.info("continuing from %s (%d epochs so far)", init_ckpt, meta["epochs_total"])
+    return model, meta

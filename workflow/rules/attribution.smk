@@ -52,8 +52,9 @@ rule trak_features:
         target_grads=f"{R}/trak/{{label}}/features/m{{m}}/target_grads.npy",
     params:
         proj_dim=setting("trak", "proj_dim"),
+        projector_seed=setting("trak", "projector_seed"),
         # Each ensemble member gets its own projection, as in TRAK's Algorithm 1.
-        projector_seed=lambda w: settings(w.label)["trak"]["projector_seed"] + int(w.m),
+        model_index=lambda w: int(w.m),
         batch_size=setting("trak", "batch_size"),
         workdir=f"{R}/trak/{{label}}/features/m{{m}}",
     log:
