@@ -12,6 +12,8 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+
+from d3mflow.names import group_slug
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from trak import TRAKer
@@ -236,6 +238,10 @@ def label_files(tmp_path):
             "y": np.arange(n) % 2,
         }
     )
+    for group in set(groups) | {"Hispanic/Latino"}:
+        members = task.loc[task["race_group"] == group, ["image_index"]]
+        members.to_parquet(tmp_path / f"members_{group_slug(group)}.parquet")
+    task = task.drop(columns=["race_group"])
     task.to_parquet(tmp_path / "task.parquet")
     evaluated = task[task["split"] != "train"].copy()
     evaluated["p"] = 0.5
@@ -260,6 +266,7 @@ def run_tau_step(tmp_path, files, group, **overrides):
         "target_grad_paths": files["target_grads"],
         "task_parquet": tmp_path / "task.parquet",
         "base_predictions_parquet": tmp_path / "base.parquet",
+        "members_parquet": tmp_path / f"members_{group_slug(group)}.parquet",
         "group": group,
         "out_parquet": tmp_path / "tau.parquet",
         "out_json": tmp_path / "tau.json",

@@ -14,6 +14,9 @@ from d3mflow.cohort import (
     IMAGE_COLUMNS,
     TASK_COLUMNS,
     build_cohort,
+    build_group_members,
+    build_image_table,
+    build_race,
     build_task,
     merged_race_map,
 )
@@ -117,10 +120,16 @@ def roots(tmp_path):
     return tmp_path / "mimic-cxr-jpg", tmp_path / "mimic-iv"
 
 
-def run_cohort(roots, tmp_path, **kwargs):
+def run_cohort(roots, tmp_path, *, race_map=None, race_conflict="most_frequent", **table_kwargs):
+    """The workflow's three cohort jobs in order: race, image table, cohort."""
     cxr, iv = roots
-    summary = build_cohort(cxr, iv, tmp_path / "out/images.parquet", tmp_path / "out/excluded.parquet", **kwargs)
-    return summary, pd.read_parquet(tmp_path / "out/images.parquet"), pd.read_parquet(tmp_path / "out/excluded.parquet")
+    out = tmp_path / "out"
+    race = build_race(iv, out / "race.parquet", race_map=race_map, race_conflict=race_conflict)
+    race_input = out / "race.parquet" if race_conflict == "exclude" else None
+    table = build_image_table(cxr, out / "table.parquet", out / "excluded.parquet", race_parquet=race_input, **table_kwargs)
+    groups = build_cohort(out / "table.parquet", out / "race.parquet", out / "images.parquet")
+    summary = {**table, "race_group": groups, "race_conflict_subjects": race["conflicting_subjects"]}
+    return summary, pd.read_parquet(out / "images.parquet"), pd.read_parquet(out / "excluded.parquet")
 
 
 def one_image_per_subject(subjects, view="PA"):
@@ -406,6 +415,9 @@ def test_missing_columns_name_file_and_columns(roots, tmp_path):
     [({"race_conflict": "vote"}, "race_conflict"), ({"split": "kfold"}, "split"), ({"labeler": "chexbert"}, "labeler")],
 )
 def test_bad_enum_values_name_the_parameter(roots, tmp_path, kwargs, name):
+    cxr, iv = roots
+    write_cxr(cxr, one_image_per_subject([10000001]))
+    write_admissions(iv, [])
     with pytest.raises(ValueError, match=name):
         run_cohort(roots, tmp_path, **kwargs)
 
@@ -440,7 +452,7 @@ def images_parquet(roots, tmp_path):
     write_cxr(cxr, images, labels={50000000 + i: {"Cardiomegaly": v} for i, v in enumerate(values)}, split=split)
     write_admissions(iv, [])
     run_cohort(roots, tmp_path)
-    return tmp_path / "out/images.parquet"
+    return tmp_path / "out/table.parquet"
 
 
 @pytest.mark.parametrize(
@@ -473,3 +485,28 @@ def test_unknown_label_lists_valid_labels(images_parquet, tmp_path):
 def test_bad_uncertain_policy(images_parquet, tmp_path):
     with pytest.raises(ValueError, match="uncertain"):
         build_task(images_parquet, "Cardiomegaly", tmp_path / "t.parquet", tmp_path / "e.parquet", uncertain="half")
+
+
+def test_group_members_partition_the_cohort(roots, tmp_path):
+    cxr, iv = roots
+    write_cxr(cxr, one_image_per_subject([10000001, 10000002, 10000003]))
+    write_admissions(iv, [(10000001, "2180-01-01", "ASIAN"), (10000002, "2180-01-01", "WHITE")])
+    _, kept, _ = run_cohort(roots, tmp_path)
+    members = {}
+    for group in RACE_GROUPS:
+        build_group_members(tmp_path / "out/images.parquet", group, tmp_path / f"{group}.parquet".replace("/", "_"))
+        members[group] = pd.read_parquet(tmp_path / f"{group}.parquet".replace("/", "_"))["image_index"].tolist()
+    assert members["Asian"] == [0] and members["White"] == [1] and members["Unknown"] == [2]
+    assert sorted(sum(members.values(), [])) == kept["image_index"].tolist()
+
+
+def test_tasks_and_image_table_carry_no_race(roots, tmp_path):
+    """Models and TRAK features read these, so a race remap must not change them."""
+    cxr, iv = roots
+    write_cxr(cxr, one_image_per_subject([10000001, 10000002]))
+    write_admissions(iv, [(10000001, "2180-01-01", "ASIAN")])
+    run_cohort(roots, tmp_path)
+    first = (tmp_path / "out/table.parquet").read_bytes()
+    run_cohort(roots, tmp_path, race_map={"ASIAN": "Other"})
+    assert (tmp_path / "out/table.parquet").read_bytes() == first
+    assert "race_group" not in TASK_COLUMNS

@@ -26,7 +26,6 @@ def setup(tmp_path):
         "subject_id": 10000000 + np.arange(N),
         "study_id": 50000000 + np.arange(N),
         "split": np.array(["train", "validate", "test"])[np.arange(N) % 3],
-        "race_group": np.array(["White", "Asian", "Black or African American", "Other", "Unknown"])[np.arange(N) % 5],
         "y": rng.integers(0, 2, size=N).astype(np.int8),
     })
     task.to_parquet(tmp_path / "task.parquet", index=False)
@@ -47,7 +46,6 @@ def test_predict_step_schema_order_and_hand_computed_loss(setup):
     expected = task[task["split"] != "train"]
     assert out["image_index"].tolist() == expected["image_index"].tolist()
     assert out["dicom_id"].tolist() == expected["dicom_id"].tolist()
-    assert out["race_group"].tolist() == expected["race_group"].tolist()
 
     model, _ = load_checkpoint(tmp_path / "m.pt")
     images = (torch.from_numpy(np.load(tmp_path / "cache.npy")[out["image_index"]]).float() / 255 - 0.5) / 0.25

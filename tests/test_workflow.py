@@ -14,8 +14,8 @@ pytestmark = pytest.mark.e2e
 def test_default_config_plans_every_step(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "config.yaml"))
     out = proc.stdout + proc.stderr
-    for rule in ("demo_cohort", "cohort", "image_cache", "train_base", "trak_model", "trak_features",
-                 "group_attribution", "alignment", "selection", "finetune", "evaluate", "report"):
+    for rule in ("demo_cohort", "race", "image_table", "cohort", "group_members", "image_cache", "train_base", "trak_model", "trak_features",
+                 "group_attribution", "alignment", "selection", "finetune", "predict_test", "metrics", "report"):
         assert rule in out, f"rule {rule} missing from the plan"
 
 
@@ -72,8 +72,8 @@ def test_report_markdown_and_detection(tiny_run):
 
 def test_every_rule_wrote_a_benchmark_and_log(tiny_run):
     results = tiny_run / "results"
-    for rule in ("demo_cohort", "cohort", "image_cache", "train_base", "trak_features", "group_attribution",
-                 "alignment", "selection", "finetune", "evaluate", "report"):
+    for rule in ("demo_cohort", "race", "image_table", "cohort", "group_members", "image_cache", "train_base", "trak_features", "group_attribution",
+                 "alignment", "selection", "finetune", "predict_test", "metrics", "report"):
         assert list((results / "benchmarks").glob(f"{rule}*")), rule
         assert list((results / "logs").glob(f"{rule}*")), rule
 

@@ -383,6 +383,7 @@ def tau_step(
     target_grad_paths: Sequence[str | os.PathLike],
     task_parquet: str | os.PathLike,
     base_predictions_parquet: str | os.PathLike,
+    members_parquet: str | os.PathLike,
     group: str,
     out_parquet: str | os.PathLike,
     out_json: str | os.PathLike,
@@ -391,13 +392,15 @@ def tau_step(
     model's validation loss on the group.
 
     Training rows are the task's ``split == "train"`` rows and targets its
-    ``split == "validate"`` rows, both in task order (the order the featurize jobs used).
+    ``split == "validate"`` rows, both in task order (the order the featurize jobs used). The
+    group's images are the image_index values of ``members_parquet`` (its group file).
     Writes ``out_parquet`` (image_index, dicom_id, tau; training rows in task order) and
     ``out_json`` {"group", "n_val", "val_loss", "n_models"}."""
-    task = pd.read_parquet(task_parquet, columns=["image_index", "dicom_id", "split", "race_group"])
+    task = pd.read_parquet(task_parquet, columns=["image_index", "dicom_id", "split"])
+    members = pd.read_parquet(members_parquet, columns=["image_index"])["image_index"]
     train = task[task["split"] == "train"]
     val = task[task["split"] == "validate"]
-    group_mask = (val["race_group"] == group).to_numpy()
+    group_mask = val["image_index"].isin(members).to_numpy()
     if not group_mask.any():
         # The reference code turns this into a NaN loss, NaN scores, and drops every example.
         raise ValueError(f"race group {group!r} has no validation images in {task_parquet}: tau(g) and l_g are undefined")

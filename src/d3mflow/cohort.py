@@ -1,10 +1,18 @@
 """Cohort building: MIMIC-CXR-JPG and MIMIC-IV files -> one row per image, then one binary
 task per CheXpert label.
 
-``build_cohort`` joins the image metadata, the per-study labeler output, the split and a
-per-subject race group (from MIMIC-IV admissions) and records every image it drops with the
-first reason that applies. ``build_task`` turns one label column of that table into a 0/1
-target under an uncertainty policy. Both write atomically through :mod:`d3mflow.io`.
+Four steps, each a Snakemake job that writes atomically through :mod:`d3mflow.io`:
+
+- ``build_race``: one race group per subject from MIMIC-IV admissions;
+- ``build_image_table``: the kept images (metadata, per-study labels, split) without race,
+  and every dropped image with the first reason that applies;
+- ``build_cohort``: the image table joined with race (the table a person reads);
+- ``build_task``: one label column of the image table as a 0/1 target under an uncertainty
+  policy; ``build_group_members``: the images of one race group.
+
+Race stays out of the image table and the tasks, so remapping a race string never retrains a
+model or recomputes TRAK features; only the ``exclude`` conflict policy, which drops images,
+feeds race into the image table.
 
 Race per subject
 ----------------
@@ -102,12 +110,10 @@ RACE_CONFLICT_POLICIES = ("exclude", "first", "most_frequent")
 SPLIT_MODES = ("official", "random")
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
 
-IMAGE_COLUMNS = [
-    "image_index", "dicom_id", "subject_id", "study_id", "path", "view", "split",
-    "race_raw", "race_group", *CHEXPERT_LABELS,
-]
+IMAGE_TABLE_COLUMNS = ["image_index", "dicom_id", "subject_id", "study_id", "path", "view", "split", *CHEXPERT_LABELS]
+IMAGE_COLUMNS = [*IMAGE_TABLE_COLUMNS[:7], "race_raw", "race_group", *CHEXPERT_LABELS]
 EXCLUDED_COLUMNS = ["dicom_id", "subject_id", "study_id", "reason"]
-TASK_COLUMNS = ["image_index", "dicom_id", "subject_id", "study_id", "split", "race_group", "y"]
+TASK_COLUMNS = ["image_index", "dicom_id", "subject_id", "study_id", "split", "y"]
 
 _CXR_KEY = "data.mimic_cxr_jpg"
 _IV_KEY = "data.mimic_iv"
@@ -317,63 +323,63 @@ def _check_images_exist(root: Path, paths: pd.Series) -> None:
         )
 
 
-def _summary(kept: pd.DataFrame, excluded: pd.DataFrame, n_conflict_subjects: int) -> dict:
-    """Counts for the log and the caller: totals, per reason, per race group, per split."""
-    return {
-        "n_images": int(len(kept) + len(excluded)),
-        "n_kept": int(len(kept)),
-        "n_subjects_kept": int(kept["subject_id"].nunique()),
-        "excluded": {r: int((excluded["reason"] == r).sum()) for r in COHORT_REASONS},
-        "race_conflict_subjects": int(n_conflict_subjects),
-        "race_group": {g: int((kept["race_group"] == g).sum()) for g in RACE_GROUPS},
-        "split": {s: int((kept["split"] == s).sum()) for s in SPLITS},
+def build_race(mimic_iv, race_out, *, race_map=None, race_conflict="most_frequent") -> dict:
+    """Write one row per admitted subject (subject_id, race_raw, race_group, conflict).
+
+    Race is its own step so that remapping a race string reaches only the jobs that use race
+    groups (attribution per group, metrics, report), never the images, tasks or models."""
+    _check_choice("race_conflict", race_conflict, RACE_CONFLICT_POLICIES)
+    adm_path, admissions = _read_admissions(Path(mimic_iv))
+    race = resolve_race(admissions, merged_race_map(race_map), race_conflict, adm_path)
+    race = race.sort_values("subject_id", ignore_index=True)
+    write_parquet(race, race_out)
+    summary = {
+        "subjects": int(len(race)),
+        "conflicting_subjects": int(race["conflict"].sum()),
+        "race_group": {g: int((race["race_group"] == g).sum()) for g in RACE_GROUPS},
     }
+    log.info("race per subject (race_conflict=%s): %s", race_conflict, summary)
+    return summary
 
 
-def build_cohort(
+def build_image_table(
     mimic_cxr_jpg,
-    mimic_iv,
-    images_out,
+    table_out,
     excluded_out,
     *,
     views=("AP", "PA"),
     labeler="chexpert",
-    race_map=None,
-    race_conflict="most_frequent",
     split="official",
     split_fractions=(0.6, 0.1, 0.3),
     split_seed=0,
+    race_parquet=None,
     check_images=True,
 ) -> dict:
-    """Write the image table (``images_out``) and the excluded images (``excluded_out``).
+    """Write the kept images without race (``table_out``) and the excluded ones (``excluded_out``).
 
     Images are rows of the metadata file. Each is excluded with the first reason that applies:
-    view_not_kept, no_label_row, no_split_row (official split only), race_conflict (policy
-    "exclude" only). Kept images are sorted by subject_id, study_id, dicom_id and numbered by
-    ``image_index``. With ``split="random"`` the split file is not read and the subjects of
-    the kept images are split by patient. Returns the counts of :func:`_summary`, also logged.
-    """
+    view_not_kept, no_label_row, no_split_row (official split only), race_conflict (only when
+    ``race_parquet`` is given, i.e. under the ``exclude`` conflict policy). Kept images are
+    sorted by subject_id, study_id, dicom_id and numbered by ``image_index``. With
+    ``split="random"`` the split file is not read and the subjects of the kept images are split
+    by patient. Returns counts per split and per exclusion reason, also logged."""
     _check_choice("labeler", labeler, LABELERS)
-    _check_choice("race_conflict", race_conflict, RACE_CONFLICT_POLICIES)
     _check_choice("split", split, SPLIT_MODES)
     fractions = check_split_fractions(split_fractions)
-    full_race_map = merged_race_map(race_map)
-    cxr_root, iv_root = Path(mimic_cxr_jpg), Path(mimic_iv)
+    cxr_root = Path(mimic_cxr_jpg)
 
     images = _read_metadata(cxr_root).rename(columns={"ViewPosition": "view"})
-    labels = _read_labels(cxr_root, labeler)
-    adm_path, admissions = _read_admissions(iv_root)
-    race = resolve_race(admissions, full_race_map, race_conflict, adm_path)
-
-    images = images.merge(labels.assign(has_label_row=True), on=_KEY_COLUMNS, how="left")
+    images = images.merge(_read_labels(cxr_root, labeler).assign(has_label_row=True), on=_KEY_COLUMNS, how="left")
     images["has_label_row"] = images["has_label_row"].fillna(False).astype(bool)
     if split == "official":
         images = images.merge(_read_split(cxr_root), on="dicom_id", how="left")
     else:
         images["split"] = None
-    images = images.merge(race, on="subject_id", how="left")
-    images["race_group"] = images["race_group"].fillna("Unknown")  # never admitted
-    images["conflict"] = images["conflict"].fillna(False).astype(bool) & (race_conflict == "exclude")
+    conflicting = set()
+    if race_parquet is not None:
+        race = pd.read_parquet(race_parquet, columns=["subject_id", "conflict"])
+        conflicting = set(race.loc[race["conflict"], "subject_id"])
+    images["conflict"] = images["subject_id"].isin(conflicting)
 
     images["reason"] = _first_reason(images, views, split)
     images = images.sort_values(["subject_id", "study_id", "dicom_id"], ignore_index=True)
@@ -384,16 +390,52 @@ def build_cohort(
         kept["split"] = kept["subject_id"].map(random_patient_split(kept["subject_id"], fractions, split_seed))
     kept["image_index"] = np.arange(len(kept), dtype="int64")
     kept["path"] = [image_path(*row) for row in kept[["subject_id", "study_id", "dicom_id"]].itertuples(index=False)]
-    kept = kept[IMAGE_COLUMNS]
+    kept = kept[IMAGE_TABLE_COLUMNS]
     if check_images:
         _check_images_exist(cxr_root, kept["path"])
 
-    n_conflicts = int(race["conflict"].sum())
-    write_parquet(kept, images_out)
+    write_parquet(kept, table_out)
     write_parquet(excluded, excluded_out)
-    summary = _summary(kept, excluded, n_conflicts)
-    log.info("cohort (race_conflict=%s, split=%s): %s", race_conflict, split, summary)
+    summary = {
+        "n_images": int(len(kept) + len(excluded)),
+        "n_kept": int(len(kept)),
+        "n_subjects_kept": int(kept["subject_id"].nunique()),
+        "excluded": {r: int((excluded["reason"] == r).sum()) for r in COHORT_REASONS},
+        "split": {s: int((kept["split"] == s).sum()) for s in SPLITS},
+    }
+    log.info("image table (split=%s): %s", split, summary)
     return summary
+
+
+def build_cohort(image_table, race_parquet, images_out) -> dict:
+    """Write the cohort: the image table with each subject's raw race and race group.
+
+    Subjects with no admission are "Unknown" with a null ``race_raw``. Returns the number of
+    images per race group, also logged."""
+    images = pd.read_parquet(image_table)
+    race = pd.read_parquet(race_parquet, columns=["subject_id", "race_raw", "race_group"])
+    images = images.merge(race, on="subject_id", how="left", validate="many_to_one")
+    images["race_group"] = images["race_group"].fillna("Unknown")
+    images = images[IMAGE_COLUMNS]
+    write_parquet(images, images_out)
+    summary = {g: int((images["race_group"] == g).sum()) for g in RACE_GROUPS}
+    log.info("cohort: %d images; per race group %s", len(images), summary)
+    return summary
+
+
+def build_group_members(images_parquet, group, out) -> int:
+    """Write the image_index of every cohort image in race ``group`` (all splits).
+
+    One small file per group, written deterministically, so that a remapped race string changes
+    the bytes of the affected groups' files only and Snakemake's checksum comparison leaves the
+    other groups' attribution jobs alone."""
+    if group not in RACE_GROUPS:
+        raise ValueError(f"unknown race group {group!r}; groups are {list(RACE_GROUPS)}")
+    images = pd.read_parquet(images_parquet, columns=["image_index", "race_group"])
+    members = images.loc[images["race_group"] == group, ["image_index"]].sort_values("image_index", ignore_index=True)
+    write_parquet(members, out)
+    log.info("race group %s: %d images", group, len(members))
+    return len(members)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,18 +451,19 @@ def _binary_target(values: pd.Series, uncertain: str) -> pd.Series:
     return values.fillna(0.0).replace(-1.0, uncertain_value)
 
 
-def build_task(images_parquet, label, task_out, excluded_out, *, uncertain="zeros") -> dict:
+def build_task(image_table, label, task_out, excluded_out, *, uncertain="zeros") -> dict:
     """Write the binary task for one CheXpert ``label`` and the images it drops.
 
-    ``task_out`` columns: image_index, dicom_id, subject_id, study_id, split, race_group,
-    y (int8), sorted by image_index. Under ``uncertain="ignore"`` images labelled -1.0 go to
+    ``task_out`` columns: image_index, dicom_id, subject_id, study_id, split, y (int8), sorted
+    by image_index. Race is deliberately absent: models and TRAK features must not depend on
+    the race mapping. Under ``uncertain="ignore"`` images labelled -1.0 go to
     ``excluded_out`` with reason "uncertain_label_ignored"; the file is written (possibly
     empty) under every policy so the workflow always has it. Returns per-split counts."""
     if label not in CHEXPERT_LABELS:
         raise ValueError(f"unknown label {label!r}; valid labels: {list(CHEXPERT_LABELS)}")
     _check_choice("uncertain", uncertain, UNCERTAIN_POLICIES)
 
-    images = pd.read_parquet(images_parquet).sort_values("image_index", ignore_index=True)
+    images = pd.read_parquet(image_table).sort_values("image_index", ignore_index=True)
     y = _binary_target(images[label], uncertain)
     dropped = y.isna()
     task = images.loc[~dropped, TASK_COLUMNS[:-1]].assign(y=y[~dropped].astype("int8")).reset_index(drop=True)

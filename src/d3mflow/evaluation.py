@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 OVERALL = "Overall"
 
 PREDICTION_COLUMNS = (
-    "image_index", "dicom_id", "subject_id", "split", "race_group", "y", "p", "pred", "loss"
+    "image_index", "dicom_id", "subject_id", "split", "y", "p", "pred", "loss"
 )
 
 
@@ -63,13 +63,13 @@ def predict_step(
 ) -> None:
     """One workflow prediction job: predictions of ``ckpt`` for the task's rows in ``splits``.
 
-    Writes image_index, dicom_id, subject_id, split, race_group, y, p (probability of class 1),
+    Writes image_index, dicom_id, subject_id, split, y, p (probability of class 1),
     pred (argmax class) and loss, in task order."""
     torch.set_num_threads(threads)
     torch_device = select_device(device)
     model, _ = load_checkpoint(ckpt, torch_device)
     task = pd.read_parquet(task_parquet)
-    rows = task.loc[task["split"].isin(splits), list(PREDICTION_COLUMNS[:6])].reset_index(drop=True)
+    rows = task.loc[task["split"].isin(splits), list(PREDICTION_COLUMNS[:5])].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{task_parquet} has no rows in splits {list(splits)}")
     dataset = CachedImages(cache, rows["image_index"].to_numpy(), rows["y"].to_numpy())
@@ -110,12 +110,19 @@ def worst_group(metrics: pd.DataFrame) -> tuple[str, float]:
     return str(row["group"]), float(row["accuracy"])
 
 
-def evaluate_step(ckpt, task_parquet, cache, out_predictions, out_metrics, *, threads=1, device="auto") -> None:
-    """Score a model on the task's test images: predictions parquet and accuracy per group."""
-    predict_step(ckpt, task_parquet, cache, out_predictions, splits=("test",), threads=threads, device=device)
-    predictions = pd.read_parquet(out_predictions)
+def metrics_step(predictions_parquet, cohort_parquet, out_metrics) -> None:
+    """Accuracy per race group of one model's test predictions, with race from the cohort.
+
+    A separate job from prediction, so that remapping a race string recomputes these tables
+    without running any model again."""
+    predictions = pd.read_parquet(predictions_parquet)
+    race = pd.read_parquet(cohort_parquet, columns=["image_index", "race_group"])
+    predictions = predictions.merge(race, on="image_index", how="left", validate="one_to_one")
+    if predictions["race_group"].isna().any():
+        missing = predictions.loc[predictions["race_group"].isna(), "dicom_id"].head().tolist()
+        raise ValueError(f"{predictions_parquet}: images not in the cohort {cohort_parquet}, e.g. {missing}")
     metrics = accuracy_by_group(predictions)
     group, wga = worst_group(metrics)
-    log.info("test accuracy %.4f (n=%d); worst group %s at %.4f",
-             metrics.iloc[-1]["accuracy"], metrics.iloc[-1]["n"], group, wga)
+    overall = metrics.iloc[-1]
+    log.info("test accuracy %.4f (n=%d); worst group %s at %.4f", overall["accuracy"], overall["n"], group, wga)
     write_csv(metrics, out_metrics)

@@ -44,13 +44,15 @@ def wga_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def removed_by_group(selections: dict[str, str], tasks: dict[str, str]) -> pd.DataFrame:
+def removed_by_group(selections: dict[str, str], tasks: dict[str, str], cohort: str) -> pd.DataFrame:
     """Training images and D3M removals per label and race group."""
+    race = pd.read_parquet(cohort, columns=["image_index", "race_group"])
     rows = []
     for label, path in selections.items():
         kept = pd.read_parquet(path, columns=["image_index", "kept"])
-        train = pd.read_parquet(tasks[label], columns=["image_index", "split", "race_group"])
+        train = pd.read_parquet(tasks[label], columns=["image_index", "split"])
         train = train[train["split"] == "train"].merge(kept, on="image_index", how="left", validate="1:1")
+        train = train.merge(race, on="image_index", how="left", validate="1:1")
         if train["kept"].isna().any():
             raise ValueError(f"selection {path} does not cover every training image of {tasks[label]}")
         for group in (*RACE_GROUPS, OVERALL):
@@ -183,13 +185,13 @@ def render_markdown(accuracy, wga, removed, detection, methods) -> str:
     return "\n".join(out)
 
 
-def report_step(*, metrics, selections, tasks, ground_truth, out_markdown, out_accuracy, out_wga,
+def report_step(*, metrics, selections, tasks, cohort, ground_truth, out_markdown, out_accuracy, out_wga,
                 out_removed, out_detection) -> None:
     """Build every report table from the per-label outputs and write them (CSV and markdown)."""
     methods = list(dict.fromkeys(method for _, method in metrics))
     accuracy = collect_accuracy(metrics)
     wga = wga_table(accuracy)
-    removed = removed_by_group(selections, tasks) if selections else pd.DataFrame()
+    removed = removed_by_group(selections, tasks, cohort) if selections else pd.DataFrame()
     detection = detection_scores(selections, ground_truth)
     for row in wga.itertuples():
         log.info("%s %s: WGA %.4f (%s), overall %.4f", row.label, row.method, row.wga, row.worst_group,

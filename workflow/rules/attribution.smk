@@ -72,6 +72,7 @@ rule group_attribution:
         target_grads=feature_files("target_grads"),
         task=task(),
         base_predictions=rules.predict_base.output.predictions,
+        members=group_members(),
     output:
         tau=f"{R}/d3m/{{label}}/tau/{{group}}.parquet",
         stats=f"{R}/d3m/{{label}}/tau/{{group}}.json",

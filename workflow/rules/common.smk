@@ -116,10 +116,15 @@ def mimic_inputs():
     )
 
 
+def group_members(group="{group}"):
+    return f"{R}/cohort/groups/{group}.parquet"
+
+
 def task(label="{label}"):
     return f"{R}/cohort/tasks/{label}.parquet"
 
 
+COHORT = f"{R}/cohort/images.parquet"
 IMAGE_CACHE = f"{R}/images/cache.npy"
 IMAGE_INDEX = f"{R}/images/cache_index.parquet"
 

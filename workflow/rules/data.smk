@@ -26,22 +26,56 @@ if DEMO:
             "../scripts/demo_cohort.py"
 
 
-rule cohort:
+rule race:
+    input:
+        admissions=mimic_admissions(),
+    output:
+        race=f"{R}/cohort/race.parquet",
+    params:
+        iv_root=IV_ROOT,
+        race_map=config["cohort"]["race_map"],
+        race_conflict=config["cohort"]["race_conflict"],
+    log:
+        f"{R}/logs/race.log",
+    benchmark:
+        f"{R}/benchmarks/race.tsv"
+    script:
+        "../scripts/race.py"
+
+
+def race_exclusions(wildcards):
+    """Race enters the image table only when conflicting subjects are excluded."""
+    return [rules.race.output.race] if config["cohort"]["race_conflict"] == "exclude" else []
+
+
+rule image_table:
     input:
         **mimic_inputs(),
+        race=race_exclusions,
     output:
-        images=f"{R}/cohort/images.parquet",
+        table=f"{R}/cohort/image_table.parquet",
         excluded=f"{R}/cohort/excluded.parquet",
     params:
         cxr_root=CXR_ROOT,
-        iv_root=IV_ROOT,
         views=config["cohort"]["views"],
         labeler=config["cohort"]["labeler"],
-        race_map=config["cohort"]["race_map"],
-        race_conflict=config["cohort"]["race_conflict"],
         split=config["cohort"]["split"],
         split_fractions=config["cohort"]["split_fractions"],
         split_seed=config["cohort"]["split_seed"],
+    log:
+        f"{R}/logs/image_table.log",
+    benchmark:
+        f"{R}/benchmarks/image_table.tsv"
+    script:
+        "../scripts/image_table.py"
+
+
+rule cohort:
+    input:
+        table=rules.image_table.output.table,
+        race=rules.race.output.race,
+    output:
+        images=report(COHORT, caption="../report/cohort.rst", category="Cohort"),
     log:
         f"{R}/logs/cohort.log",
     benchmark:
@@ -50,9 +84,24 @@ rule cohort:
         "../scripts/cohort.py"
 
 
+rule group_members:
+    input:
+        images=COHORT,
+    output:
+        members=group_members(),
+    params:
+        group=group_name,
+    log:
+        f"{R}/logs/group_members/{{group}}.log",
+    benchmark:
+        f"{R}/benchmarks/group_members/{{group}}.tsv"
+    script:
+        "../scripts/group_members.py"
+
+
 rule task:
     input:
-        images=rules.cohort.output.images,
+        table=rules.image_table.output.table,
     output:
         task=task(),
         excluded=f"{R}/cohort/tasks/{{label}}.excluded.parquet",
@@ -69,7 +118,7 @@ rule task:
 
 rule image_cache:
     input:
-        images=rules.cohort.output.images,
+        table=rules.image_table.output.table,
         files=mimic_inputs()["files"],
     output:
         cache=IMAGE_CACHE,

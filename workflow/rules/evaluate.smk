@@ -1,17 +1,33 @@
-# Evaluation: every method's model scored on the identical test images.
+# Evaluation: every method's model scored on the identical test images; metrics per race
+# group in their own job, so a race remap recomputes tables without running a model.
 
 
-rule evaluate:
+rule predict_test:
     input:
         model=f"{R}/models/{{label}}/{{method}}.pt",
         task=task(),
         cache=IMAGE_CACHE,
     output:
         predictions=f"{R}/eval/{{label}}/{{method}}/predictions.parquet",
+    params:
+        splits=["test"],
+    log:
+        f"{R}/logs/predict_test/{{label}}.{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/predict_test/{{label}}.{{method}}.tsv"
+    script:
+        "../scripts/predict.py"
+
+
+rule metrics:
+    input:
+        predictions=rules.predict_test.output.predictions,
+        cohort=COHORT,
+    output:
         metrics=f"{R}/eval/{{label}}/{{method}}/accuracy_by_group.csv",
     log:
-        f"{R}/logs/evaluate/{{label}}.{{method}}.log",
+        f"{R}/logs/metrics/{{label}}.{{method}}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{{label}}.{{method}}.tsv"
+        f"{R}/benchmarks/metrics/{{label}}.{{method}}.tsv"
     script:
-        "../scripts/evaluate.py"
+        "../scripts/metrics.py"

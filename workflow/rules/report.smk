@@ -6,6 +6,7 @@ rule report:
         metrics=expand(f"{R}/eval/{{label}}/{{method}}/accuracy_by_group.csv", label=LABELS, method=METHODS),
         selections=expand(f"{R}/d3m/{{label}}/selection.parquet", label=LABELS) if "d3m" in METHODS else [],
         tasks=expand(task("{label}"), label=LABELS),
+        cohort=COHORT,
         ground_truth=[f"{R}/demo/planted_harm.parquet"] if DEMO else [],
     output:
         markdown=report(f"{R}/report/report.md", caption="../report/report.rst", category="Summary"),

@@ -27,6 +27,8 @@ rule predict_base:
         cache=IMAGE_CACHE,
     output:
         predictions=f"{R}/models/{{label}}/base.predictions.parquet",
+    params:
+        splits=["validate", "test"],
     log:
         f"{R}/logs/predict_base/{{label}}.log",
     benchmark:

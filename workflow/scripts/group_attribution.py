@@ -11,6 +11,7 @@ tau_step(
     inp.target_grads,
     inp.task,
     inp.base_predictions,
+    inp.members,
     snakemake.params.group,
     snakemake.output.tau,
     snakemake.output.stats,

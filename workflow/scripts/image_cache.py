@@ -5,7 +5,7 @@ setup_logging(snakemake.log[0])
 from d3mflow.images import build_image_cache
 
 build_image_cache(
-    snakemake.input.images,
+    snakemake.input.table,
     snakemake.params.cxr_root,
     snakemake.output.cache,
     snakemake.output.index,

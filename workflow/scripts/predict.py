@@ -1,3 +1,5 @@
+# Predictions of one checkpoint: the base model on validate+test (predict_base), or a
+# continued-training method on test (predict_test).
 from d3mflow.io import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -9,6 +11,6 @@ predict_step(
     snakemake.input.task,
     snakemake.input.cache,
     snakemake.output.predictions,
-    splits=("validate", "test"),
+    splits=tuple(snakemake.params.splits),
     threads=snakemake.threads,
 )

@@ -11,6 +11,7 @@ report_step(
         [(l, m) for l in labels for m in methods], inp.metrics)},
     selections=dict(zip(labels, inp.selections)),
     tasks=dict(zip(labels, inp.tasks)),
+    cohort=inp.cohort,
     ground_truth=inp.ground_truth[0] if inp.ground_truth else None,
     out_markdown=out.markdown,
     out_accuracy=out.accuracy,

@@ -5,7 +5,7 @@ setup_logging(snakemake.log[0])
 from d3mflow.cohort import build_task
 
 build_task(
-    snakemake.input.images,
+    snakemake.input.table,
     snakemake.params.label,
     snakemake.output.task,
     snakemake.output.excluded,
