@@ -1,4 +1,4 @@
-"""Predictions: the output table and losses equal to cross-entropy computed by hand."""
+"""Predictions (output table, losses equal to cross-entropy by hand) and per-group accuracy."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ import pandas as pd
 import pytest
 import torch
 
-from d3mflow.evaluation import PREDICTION_COLUMNS, predict, predict_step
+from d3mflow.evaluation import (
+    OVERALL,
+    PREDICTION_COLUMNS,
+    accuracy_by_group,
+    metrics_step,
+    predict,
+    predict_step,
+    worst_group,
+)
 from d3mflow.images import CachedImages
 from d3mflow.models import build_model, load_checkpoint, save_checkpoint
+from d3mflow.names import RACE_GROUPS
 
 N = 30
 SIZE = 16
@@ -79,3 +88,43 @@ def test_predict_does_not_depend_on_batch_size_and_uses_eval_mode(setup):
     assert not model.training
     np.testing.assert_allclose(p_small, p_big, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(loss_small, loss_big, rtol=1e-5, atol=1e-7)
+
+
+def test_accuracy_by_group_hand_computed():
+    predictions = pd.DataFrame({
+        "y":    [1, 0, 1, 1, 0, 0, 1],
+        "pred": [1, 0, 0, 1, 1, 0, 1],
+        "race_group": ["White", "White", "White", "Asian", "Asian", "Other", "Other"],
+    })
+    metrics = accuracy_by_group(predictions).set_index("group")
+    assert list(metrics.index) == [*RACE_GROUPS, OVERALL]
+    assert metrics.loc["White", "n"] == 3 and metrics.loc["White", "accuracy"] == pytest.approx(2 / 3)
+    assert metrics.loc["Asian", "accuracy"] == pytest.approx(0.5)
+    assert metrics.loc["Other", "accuracy"] == 1.0
+    assert metrics.loc["Unknown", "n"] == 0 and np.isnan(metrics.loc["Unknown", "accuracy"])
+    assert metrics.loc[OVERALL, "n"] == 7 and metrics.loc[OVERALL, "correct"] == 5
+    # Groups without test images cannot be the worst group.
+    assert worst_group(metrics.reset_index()) == ("Asian", 0.5)
+
+
+def test_worst_group_needs_a_group_with_images():
+    empty = accuracy_by_group(pd.DataFrame({"y": [], "pred": [], "race_group": []}))
+    with pytest.raises(ValueError, match="no race group has test images"):
+        worst_group(empty)
+
+
+def test_metrics_step_takes_race_from_the_cohort(setup, tmp_path):
+    tmp_path, task = setup
+    predict_step(tmp_path / "m.pt", tmp_path / "task.parquet", tmp_path / "cache.npy", tmp_path / "pred.parquet",
+                 splits=("test",))
+    groups = np.array(["White", "Asian"])[np.arange(N) % 2]
+    pd.DataFrame({"image_index": np.arange(N), "race_group": groups}).to_parquet(tmp_path / "cohort.parquet")
+    metrics_step(tmp_path / "pred.parquet", tmp_path / "cohort.parquet", tmp_path / "acc.csv")
+    metrics = pd.read_csv(tmp_path / "acc.csv").set_index("group")
+    pred = pd.read_parquet(tmp_path / "pred.parquet")
+    white = pred[pred["image_index"] % 2 == 0]
+    assert metrics.loc["White", "n"] == len(white)
+    assert metrics.loc["White", "accuracy"] == pytest.approx((white["y"] == white["pred"]).mean())
+    pd.DataFrame({"image_index": [0], "race_group": ["White"]}).to_parquet(tmp_path / "partial.parquet")
+    with pytest.raises(ValueError, match="not in the cohort"):
+        metrics_step(tmp_path / "pred.parquet", tmp_path / "partial.parquet", tmp_path / "acc2.csv")

@@ -31,6 +31,7 @@ from trak import TRAKer
 from .images import CachedImages
 from .io import write_json, write_npy, write_parquet
 from .models import load_checkpoint, select_device
+from .projectors import resolve_projector, traker_components
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def featurize(
     device: str | torch.device = "cpu",
     workdir: str | os.PathLike,
     use_half_precision: bool | None = None,
+    projector: str = "stock",
 ) -> dict[str, np.ndarray]:
     """Run traker for one model and return its TRAK arrays as float32 copies.
 
@@ -83,9 +85,12 @@ def featurize(
     traker runs in a fresh temporary save_dir under ``workdir`` that is deleted afterwards,
     because traker silently resumes from whatever an existing save_dir holds.
     ``use_half_precision=None`` means float32 on CPU (float16 is slower there) and traker's
-    float16 default on CUDA. ``model`` is not modified (a copy is moved to ``device``)."""
+    float16 default on CUDA. ``projector`` selects the projection and gradient path
+    (``d3mflow.projectors.PROJECTORS``; ``stock`` is traker's own). ``model`` is not modified
+    (a copy is moved to ``device``)."""
     device = str(torch.device(device))
     half = device != "cpu" if use_half_precision is None else use_half_precision
+    projector = resolve_projector(projector, device)
     _check_sizes(proj_dim, n_train, n_targets, _num_params(model))
     model = copy.deepcopy(model).to(device)
     checkpoint = model.state_dict()
@@ -103,12 +108,26 @@ def featurize(
             projector_seed=projector_seed,
             use_half_precision=half,
             logging_level=logging.WARNING,
+            **traker_components(
+                projector,
+                model,
+                proj_dim=proj_dim,
+                seed=projector_seed,
+                device=device,
+                dtype=torch.float16 if half else torch.float32,
+            ),
         )
         traker.load_checkpoint(checkpoint, model_id=0)
         started = time.perf_counter()
         _feed(traker.featurize, train_loader, n_train, device, "train_loader")
         elapsed = time.perf_counter() - started
-        log.info("featurized %d training examples in %.1f s (%.1f examples/s)", n_train, elapsed, n_train / elapsed)
+        log.info(
+            "featurized %d training examples in %.1f s (%.1f examples/s, projector %s)",
+            n_train,
+            elapsed,
+            n_train / elapsed,
+            projector,
+        )
         traker.finalize_features()
         traker.start_scoring_checkpoint(EXP_NAME, checkpoint, model_id=0, num_targets=n_targets)
         _feed(traker.score, target_loader, n_targets, device, "target_loader")
@@ -156,12 +175,14 @@ def featurize_step(
     workdir: str | os.PathLike,
     threads: int = 1,
     device: str = "auto",
+    projector: str = "stock",
 ) -> None:
     """Snakemake job: TRAK arrays of one ensemble model over one label's task.
 
     Training rows (``split == "train"``) and targets (``split == "validate"``) are fed in task
     order, unshuffled and unaugmented, which is the order ``tau_step`` assumes. Model
-    ``model_index`` gets the projection traker would give that model id in a shared save_dir."""
+    ``model_index`` gets the projection traker would give that model id in a shared save_dir
+    (every ``projector`` seeds its matrix from ``projector_seed`` the same way)."""
     torch.set_num_threads(threads)
     torch_device = select_device(device)
     model, _ = load_checkpoint(model_ckpt, torch_device)
@@ -181,6 +202,7 @@ def featurize_step(
         projector_seed=traker_projector_seed(model_index, projector_seed),
         device=torch_device.type,
         workdir=workdir,
+        projector=projector,
     )
 
 
@@ -369,12 +391,26 @@ def _ensemble_scores(
     for start in range(0, n_train, chunk_rows):
         rows = slice(start, start + chunk_rows)
         for f, d in zip(features, directions):
-            scores[rows] += np.asarray(f[rows], dtype=np.float32) @ d.astype(np.float32)
+            scores[rows] += _read_rows(f, rows) @ d.astype(np.float32)
     scores /= len(features)
     scores *= q_mean.reshape((n_train,) + (1,) * (scores.ndim - 1))
     if not np.isfinite(scores).all():
         raise FloatingPointError("TRAK scores are not finite: check the featurize outputs")
     return scores
+
+
+def _read_rows(array: np.ndarray, rows: slice) -> np.ndarray:
+    """``array[rows]`` as float32. A memory-mapped .npy is read with a plain file read rather
+    than through its mapping: mapped pages stay in the process's resident memory until the
+    mapping closes, so slicing the mapping would make the whole n_train x k store resident."""
+    if not (isinstance(array, np.memmap) and array.flags.c_contiguous):
+        return np.asarray(array[rows], dtype=np.float32)
+    start, stop, _ = rows.indices(len(array))
+    row_items = int(np.prod(array.shape[1:]))
+    with open(array.filename, "rb") as fh:
+        fh.seek(array.offset + start * row_items * array.itemsize)
+        chunk = np.fromfile(fh, dtype=array.dtype, count=(stop - start) * row_items)
+    return chunk.reshape(stop - start, *array.shape[1:]).astype(np.float32, copy=False)
 
 
 def tau_step(

@@ -216,8 +216,8 @@ class FactoredGradientComputer(AbstractGradientComputer):
 
     In eval mode no layer mixes examples, so the gradient of the batch's summed margin with
     respect to a layer's output holds every example's own output gradient ``delta``. A layer's
-    per-example weight gradient is then a product of factors: ``delta (C_out x P) @ patches^T
-    (P x C_in*kh*kw)`` for a convolution (``P`` output positions), ``delta x input^T`` for a
+    per-example weight gradient is then a product of factors: ``sum_p delta_p x patch_p`` over the
+    output positions ``p`` for a convolution, ``delta x input^T`` for a
     linear layer, ``sum_p delta * x_hat`` for a batch norm's scale and ``sum_p delta`` for biases.
     Returns traker's format: a dict name -> (B, *param.shape) in ``named_parameters`` order."""
 
@@ -308,11 +308,22 @@ def _layer_grads(module: nn.Module, x: Tensor, delta: Tensor) -> dict[Tensor, Te
     and the gradient ``delta`` of the summed margin with respect to its output."""
     batch = len(x)
     if isinstance(module, nn.Conv2d):
-        patches = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-        delta = delta.reshape(batch, module.out_channels, -1)
-        grads = {module.weight: torch.bmm(delta, patches.transpose(1, 2)).reshape(batch, *module.weight.shape)}
+        # The batch as convolution groups: group b correlates example b's input with its own
+        # output gradient, which is example b's weight gradient (sum over output positions of
+        # output gradient x input patch). Much faster on CPU than unfold + bmm.
+        weight = module.weight
+        grad = torch.nn.grad.conv2d_weight(
+            x.reshape(1, -1, *x.shape[2:]),
+            (batch * weight.shape[0], *weight.shape[1:]),
+            delta.reshape(1, -1, *delta.shape[2:]),
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups=batch,
+        )
+        grads = {weight: grad.reshape(batch, *weight.shape)}
         if module.bias is not None:
-            grads[module.bias] = delta.sum(2)
+            grads[module.bias] = delta.sum((2, 3))
         return grads
     if isinstance(module, nn.Linear):
         x, delta = x.reshape(batch, -1, module.in_features), delta.reshape(batch, -1, module.out_features)

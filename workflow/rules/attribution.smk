@@ -5,22 +5,22 @@
 def trak_model_inputs(wildcards):
     trak = settings(wildcards.label)["trak"]
     if trak["model_source"] == "base_checkpoints":
-        return dict(epochs=f"{R}/models/{wildcards.label}/base_epochs")
+        return dict(epochs=f"{R}/models/{wildcards.label}/s{wildcards.seed}/base_epochs")
     return dict(task=task(wildcards.label), cache=IMAGE_CACHE)
 
 
 def trak_model_params(wildcards):
     """Model m depends on its own seed only, so raising num_models keeps models 0..M-1."""
     s = settings(wildcards.label)
-    m = int(wildcards.m)
+    m, seed = int(wildcards.m), int(wildcards.seed)
     if s["trak"]["model_source"] == "base_checkpoints":
         # Model m is the base checkpoint m epochs before the last one.
         return dict(source="base_checkpoints", epoch=s["train"]["base_epochs"] - m)
     return dict(
         source="subsets",
         subset_fraction=s["trak"]["subset_fraction"],
-        subset_seed=1000 * s["train"]["seed"] + m,
-        train=dict(train_cfg("base_epochs")(wildcards), epochs=s["trak"]["subset_epochs"], seed=s["train"]["seed"] + m),
+        subset_seed=1000 * seed + m,
+        train=dict(train_cfg("base_epochs")(wildcards), epochs=s["trak"]["subset_epochs"], seed=1000 * seed + m),
     )
 
 
@@ -28,15 +28,15 @@ rule trak_model:
     input:
         unpack(trak_model_inputs),
     output:
-        model=f"{R}/trak/{{label}}/models/m{{m}}.pt",
-        history=f"{R}/trak/{{label}}/models/m{{m}}.history.json",
+        model=f"{R}/trak/{{label}}/s{{seed}}/models/m{{m}}.pt",
+        history=f"{R}/trak/{{label}}/s{{seed}}/models/m{{m}}.history.json",
     params:
         model=model_cfg(),
         trak=trak_model_params,
     log:
-        f"{R}/logs/trak_model/{{label}}.m{{m}}.log",
+        f"{R}/logs/trak_model/{{label}}.s{{seed}}.m{{m}}.log",
     benchmark:
-        f"{R}/benchmarks/trak_model/{{label}}.m{{m}}.tsv"
+        f"{R}/benchmarks/trak_model/{{label}}.s{{seed}}.m{{m}}.tsv"
     script:
         "../scripts/trak_model.py"
 
@@ -47,20 +47,21 @@ rule trak_features:
         task=task(),
         cache=IMAGE_CACHE,
     output:
-        features=f"{R}/trak/{{label}}/features/m{{m}}/features.npy",
-        out_to_loss=f"{R}/trak/{{label}}/features/m{{m}}/out_to_loss.npy",
-        target_grads=f"{R}/trak/{{label}}/features/m{{m}}/target_grads.npy",
+        features=f"{R}/trak/{{label}}/s{{seed}}/features/m{{m}}/features.npy",
+        out_to_loss=f"{R}/trak/{{label}}/s{{seed}}/features/m{{m}}/out_to_loss.npy",
+        target_grads=f"{R}/trak/{{label}}/s{{seed}}/features/m{{m}}/target_grads.npy",
     params:
         proj_dim=setting("trak", "proj_dim"),
-        projector_seed=setting("trak", "projector_seed"),
+        # Every seed's run is independent, down to its random projections.
+        projector_seed=lambda w: settings(w.label)["trak"]["projector_seed"] + int(w.seed),
         # Each ensemble member gets its own projection, as in TRAK's Algorithm 1.
         model_index=lambda w: int(w.m),
         batch_size=setting("trak", "batch_size"),
-        workdir=f"{R}/trak/{{label}}/features/m{{m}}",
+        workdir=f"{R}/trak/{{label}}/s{{seed}}/features/m{{m}}",
     log:
-        f"{R}/logs/trak_features/{{label}}.m{{m}}.log",
+        f"{R}/logs/trak_features/{{label}}.s{{seed}}.m{{m}}.log",
     benchmark:
-        f"{R}/benchmarks/trak_features/{{label}}.m{{m}}.tsv"
+        f"{R}/benchmarks/trak_features/{{label}}.s{{seed}}.m{{m}}.tsv"
     script:
         "../scripts/trak_features.py"
 
@@ -74,13 +75,13 @@ rule group_attribution:
         base_predictions=rules.predict_base.output.predictions,
         members=group_members(),
     output:
-        tau=f"{R}/d3m/{{label}}/tau/{{group}}.parquet",
-        stats=f"{R}/d3m/{{label}}/tau/{{group}}.json",
+        tau=f"{R}/d3m/{{label}}/s{{seed}}/tau/{{group}}.parquet",
+        stats=f"{R}/d3m/{{label}}/s{{seed}}/tau/{{group}}.json",
     params:
         group=group_name,
     log:
-        f"{R}/logs/group_attribution/{{label}}.{{group}}.log",
+        f"{R}/logs/group_attribution/{{label}}.s{{seed}}.{{group}}.log",
     benchmark:
-        f"{R}/benchmarks/group_attribution/{{label}}.{{group}}.tsv"
+        f"{R}/benchmarks/group_attribution/{{label}}.s{{seed}}.{{group}}.tsv"
     script:
         "../scripts/group_attribution.py"

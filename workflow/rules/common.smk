@@ -14,6 +14,7 @@ R = config["results"]
 LABELS = [label_slug(label) for label in config["labels"]]
 GROUPS = [group_slug(group) for group in config["groups"]]
 METHODS = config["evaluation"]["methods"]
+SEEDS = config["seeds"]
 DEMO = config["data"]["source"] == "demo"
 
 
@@ -22,6 +23,7 @@ wildcard_constraints:
     group="|".join(group_slug(g) for g in ("Asian", "Black or African American", "Hispanic/Latino", "Other", "Unknown", "White")),
     method="erm|d3m",
     m=r"\d+",
+    seed=r"\d+",
 
 
 def _merge(base, override):
@@ -73,13 +75,13 @@ def setting(*keys):
 
 
 def train_cfg(epochs_key):
-    """Params function: the TrainConfig fields of a label, with the given epoch count."""
+    """Params function: the TrainConfig fields of a label and seed, with the given epoch count."""
 
     def lookup(wildcards):
         t = settings(wildcards.label)["train"]
         return dict(
             epochs=t[epochs_key], batch_size=t["batch_size"], lr=t["lr"], momentum=t["momentum"],
-            weight_decay=t["weight_decay"], seed=t["seed"],
+            weight_decay=t["weight_decay"], seed=int(wildcards.seed),
         )
 
     return lookup
@@ -142,7 +144,7 @@ def feature_files(kind):
     """Input function: the `kind` array of every TRAK model of the job's label."""
 
     def files(wildcards):
-        return [f"{R}/trak/{wildcards.label}/features/m{m}/{kind}.npy" for m in trak_models(wildcards)]
+        return [f"{R}/trak/{wildcards.label}/s{wildcards.seed}/features/m{m}/{kind}.npy" for m in trak_models(wildcards)]
 
     return files
 

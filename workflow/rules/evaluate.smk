@@ -4,17 +4,17 @@
 
 rule predict_test:
     input:
-        model=f"{R}/models/{{label}}/{{method}}.pt",
+        model=f"{R}/models/{{label}}/s{{seed}}/{{method}}.pt",
         task=task(),
         cache=IMAGE_CACHE,
     output:
-        predictions=f"{R}/eval/{{label}}/{{method}}/predictions.parquet",
+        predictions=f"{R}/eval/{{label}}/s{{seed}}/{{method}}/predictions.parquet",
     params:
         splits=["test"],
     log:
-        f"{R}/logs/predict_test/{{label}}.{{method}}.log",
+        f"{R}/logs/predict_test/{{label}}.s{{seed}}.{{method}}.log",
     benchmark:
-        f"{R}/benchmarks/predict_test/{{label}}.{{method}}.tsv"
+        f"{R}/benchmarks/predict_test/{{label}}.s{{seed}}.{{method}}.tsv"
     script:
         "../scripts/predict.py"
 
@@ -24,10 +24,10 @@ rule metrics:
         predictions=rules.predict_test.output.predictions,
         cohort=COHORT,
     output:
-        metrics=f"{R}/eval/{{label}}/{{method}}/accuracy_by_group.csv",
+        metrics=f"{R}/eval/{{label}}/s{{seed}}/{{method}}/accuracy_by_group.csv",
     log:
-        f"{R}/logs/metrics/{{label}}.{{method}}.log",
+        f"{R}/logs/metrics/{{label}}.s{{seed}}.{{method}}.log",
     benchmark:
-        f"{R}/benchmarks/metrics/{{label}}.{{method}}.tsv"
+        f"{R}/benchmarks/metrics/{{label}}.s{{seed}}.{{method}}.tsv"
     script:
         "../scripts/metrics.py"

@@ -3,8 +3,8 @@
 
 rule report:
     input:
-        metrics=expand(f"{R}/eval/{{label}}/{{method}}/accuracy_by_group.csv", label=LABELS, method=METHODS),
-        selections=expand(f"{R}/d3m/{{label}}/selection.parquet", label=LABELS) if "d3m" in METHODS else [],
+        metrics=expand(f"{R}/eval/{{label}}/s{{seed}}/{{method}}/accuracy_by_group.csv", label=LABELS, seed=SEEDS, method=METHODS),
+        selections=expand(f"{R}/d3m/{{label}}/s{{seed}}/selection.parquet", label=LABELS, seed=SEEDS) if "d3m" in METHODS else [],
         tasks=expand(task("{label}"), label=LABELS),
         cohort=COHORT,
         ground_truth=[f"{R}/demo/planted_harm.parquet"] if DEMO else [],
@@ -16,6 +16,7 @@ rule report:
         detection=report(f"{R}/report/detection.csv", caption="../report/detection.rst", category="Tables"),
     params:
         labels=config["labels"],
+        seeds=SEEDS,
         methods=METHODS,
         results=R,
     log:

@@ -4,12 +4,14 @@ setup_logging(snakemake.log[0])
 
 from d3mflow.report import report_step
 
-labels, methods = snakemake.params.labels, snakemake.params.methods
+from itertools import product
+
+labels, seeds, methods = snakemake.params.labels, snakemake.params.seeds, snakemake.params.methods
 inp, out = snakemake.input, snakemake.output
 report_step(
-    metrics={(label, method): path for (label, method), path in zip(
-        [(l, m) for l in labels for m in methods], inp.metrics)},
-    selections=dict(zip(labels, inp.selections)),
+    # expand() orders the files label-major, then seed, then method.
+    metrics=dict(zip(product(labels, seeds, methods), inp.metrics)),
+    selections=dict(zip(product(labels, seeds), inp.selections)),
     tasks=dict(zip(labels, inp.tasks)),
     cohort=inp.cohort,
     ground_truth=inp.ground_truth[0] if inp.ground_truth else None,
