@@ -10,9 +10,7 @@ and the same proj_dim, it measures the throughput (training examples featurized 
   (d) a batched forward + backward pass of the cross-entropy loss in training mode (the floor:
       a training step without the optimizer update),
 
-the share of each path's featurization time spent in ``projector.project`` (throughputs and
-shares are medians over batches, so that other processes competing for a shared machine's
-CPUs distort them less), and agreement:
+the share of each path's featurization time spent in ``projector.project``, and agreement:
 the Spearman rank correlation of the alignment scores A (softmax, beta = 1) and of every group's
 tau(g) between each path and stock on the same checkpoints, next to the same correlation between
 two stock runs that differ only in the projection seed (the noise floor of any random
@@ -22,6 +20,10 @@ feature stores on disk and reports its own peak RSS.
 The images are synthetic (a label-dependent blob, group-dependent brightness, a corner marker
 that tracks the label in some groups, label noise in one): the point is realistic gradients of
 a trained network, not accuracy. Figures go to ``results/bench/attribution.json``.
+
+Timing is made robust to other processes on a shared machine: all paths featurize the same
+batch one after another (in rotating order) before the next batch, and throughputs and
+projection shares are medians over batches.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # traker's progress bars would drown the table
@@ -48,10 +51,10 @@ from trak.gradient_computers import FunctionalGradientComputer
 from trak.modelout_functions import ImageClassificationModelOutput
 
 from d3mflow.alignment import alignment_scores
-from d3mflow.attribution import featurize, group_tau, traker_projector_seed
+from d3mflow.attribution import EXP_NAME, _read_save_dir, group_tau, traker_projector_seed
 from d3mflow.images import CachedImages
 from d3mflow.models import build_model
-from d3mflow.projectors import fast_jl_available, resolve_projector
+from d3mflow.projectors import fast_jl_available, resolve_projector, traker_components
 from d3mflow.training import TrainConfig, train
 
 GROUPS = ["Asian", "Black or African American", "Hispanic/Latino", "Other", "Unknown", "White"]
@@ -80,7 +83,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-px", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=_idle_cpus(), help="torch CPU threads (default: CPUs not already busy)")
     parser.add_argument("--rss-rows", type=int, default=100_000, help="training rows of the tau(g) memory test (0: skip)")
     parser.add_argument("--rss-models", type=int, default=3, help="models in the tau(g) memory test")
     parser.add_argument("--workdir", default="results/bench/work")
@@ -109,10 +112,8 @@ def main() -> None:
         "per_example_grads": _vmap_rate(checkpoints[0], train_set, device, args.batch_size),
         "forward_backward": _floor_rate(checkpoints[0], train_set, device, args.batch_size),
     }
-    runs = {}
-    for label, projector, seed in RUNS:
-        runs[label] = _run(label, projector, seed, checkpoints, train_set, val_set, val_groups, losses, args, device, workdir)
-        rates[label] = runs[label]["examples_per_s"]
+    runs = _run_all(checkpoints, train_set, val_set, val_groups, losses, args, device, workdir)
+    rates.update({label: run["examples_per_s"] for label, run in runs.items()})
 
     stock = runs["stock"]
     agreement = {label: _agreement(stock, run) for label, run in runs.items() if label != "stock"}
@@ -142,6 +143,14 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def _idle_cpus() -> int:
+    """CPUs not busy with other processes (by the 1-minute load average), at least 1. On an
+    oversubscribed machine, torch's OpenMP threads wait for descheduled siblings and every path
+    runs up to 10x slower, which would measure the machine rather than the code."""
+    cpus = len(os.sched_getaffinity(0))
+    return max(1, min(cpus, cpus - round(os.getloadavg()[0])))
 
 
 def _synthetic_data(workdir: Path, n_train: int, n_val_per_group: int, px: int):
@@ -239,70 +248,83 @@ def _median_rate(examples: list[int], seconds: list[float]) -> float:
     return float(np.median(np.asarray(examples) / np.asarray(seconds)))
 
 
-@contextmanager
-def _timed_featurize(device: str):
-    """Patch ``TRAKer.featurize`` to time every training batch and the projector call inside it
-    (target scoring is excluded). Yields lists: examples, seconds, project_seconds per batch."""
-    stats = {"examples": [], "seconds": [], "project_seconds": []}
-    original = TRAKer.featurize
+def _run_all(checkpoints, train_set, val_set, val_groups, losses, args, device, workdir) -> dict:
+    """Featurize every checkpoint with every path of ``RUNS``; tau(g) of every group and A.
 
-    def featurize_timed(traker, *args, **kwargs):
-        projector = traker.projector
-        if not hasattr(projector, "_untimed_project"):
-            projector._untimed_project = projector.project
+    This is ``d3mflow.attribution.featurize`` (same TRAKer settings, ``traker_components``,
+    finalize and scoring calls) with one change: each checkpoint's training batches are fed to
+    all paths' TRAKers in turn, batch by batch, in a rotating order, so that every path is timed
+    under the same competition for the CPUs."""
+    labels = [label for label, _, _ in RUNS]
+    timing = {label: {"examples": [], "seconds": [], "project_seconds": []} for label in labels}
+    arrays = {label: [] for label in labels}
+    for m, model in enumerate(checkpoints):
+        with tempfile.TemporaryDirectory(dir=workdir) as save_root:
+            trakers = {
+                label: _traker(projector, traker_projector_seed(m, seed), model, len(train_set), args.proj_dim, device,
+                               Path(save_root) / label, timing[label])
+                for label, projector, seed in RUNS
+            }
+            for b, batch in enumerate(_batches(train_set, args.batch_size, device)):
+                for label in labels[b % len(labels):] + labels[: b % len(labels)]:
+                    _sync(device)
+                    start = time.perf_counter()
+                    trakers[label].featurize(batch, num_samples=len(batch[0]))
+                    _sync(device)
+                    timing[label]["seconds"].append(time.perf_counter() - start)
+                    timing[label]["examples"].append(len(batch[0]))
+            for label, traker in trakers.items():
+                traker.projector.timing = None  # target scoring is not timed
+                traker.finalize_features()
+                traker.start_scoring_checkpoint(EXP_NAME, traker.model.state_dict(), model_id=0, num_targets=len(val_set))
+                for batch in _batches(val_set, args.batch_size, device):
+                    traker.score(batch, num_samples=len(batch[0]))
+                arrays[label].append(_read_save_dir(Path(save_root) / label))
+        print(f"  featurized checkpoint {m + 1}/{len(checkpoints)} with {len(labels)} paths", flush=True)
 
-            def project(grads, model_id):
-                if not stats.get("inside"):
-                    return projector._untimed_project(grads, model_id)
-                _sync(device)
-                start = time.perf_counter()
-                out = projector._untimed_project(grads, model_id)
-                _sync(device)
-                stats["project_seconds"].append(time.perf_counter() - start)
-                return out
+    runs = {}
+    for label in labels:
+        stats, models = timing[label], arrays[label]
+        tau = pd.DataFrame({
+            group: group_tau([a["features"] for a in models], [a["out_to_loss"] for a in models],
+                             [a["target_grads"] for a in models], (val_groups == group).to_numpy())
+            for group in GROUPS
+        })
+        runs[label] = {
+            "examples_per_s": _median_rate(stats["examples"], stats["seconds"]),
+            "projection_share": float(np.median(np.asarray(stats["project_seconds"]) / np.asarray(stats["seconds"]))),
+            "tau": tau,
+            "A": alignment_scores(tau, losses, beta=1.0, weighting="softmax"),
+        }
+    return runs
 
-            projector.project = project
+
+def _traker(projector, seed, model, n_train, proj_dim, device, save_dir, timing) -> TRAKer:
+    """A TRAKer set up as ``featurize`` sets it up, with its projector's calls timed into
+    ``timing["project_seconds"]`` while ``projector.timing`` is set."""
+    model = copy.deepcopy(model)
+    traker = TRAKer(
+        model=model, task="image_classification", train_set_size=n_train, save_dir=str(save_dir), device=device,
+        proj_dim=proj_dim, projector_seed=seed, use_half_precision=device != "cpu", logging_level=logging.WARNING,
+        **traker_components(projector, model, proj_dim=proj_dim, seed=seed, device=device),
+    )
+    traker.load_checkpoint(model.state_dict(), model_id=0)
+    instance = traker.projector
+    untimed = instance.project
+    instance.timing = timing
+
+    def project(grads, model_id):
+        if instance.timing is None:
+            return untimed(grads, model_id)
         _sync(device)
         start = time.perf_counter()
-        stats["inside"] = True
-        try:
-            return original(traker, *args, **kwargs)
-        finally:
-            stats["inside"] = False
-            _sync(device)
-            stats["seconds"].append(time.perf_counter() - start)
-            stats["examples"].append(len(args[0][0]))
+        out = untimed(grads, model_id)
+        _sync(device)
+        instance.timing["project_seconds"].append(time.perf_counter() - start)
+        return out
 
-    TRAKer.featurize = featurize_timed
-    try:
-        yield stats
-    finally:
-        TRAKer.featurize = original
-
-
-def _run(label, projector, seed, checkpoints, train_set, val_set, val_groups, losses, args, device, workdir) -> dict:
-    """Featurize every checkpoint with one path and seed; tau(g) of every group and A."""
-    arrays = []
-    with _timed_featurize(device) as stats:
-        for m, model in enumerate(checkpoints):
-            arrays.append(featurize(
-                model, _batches(train_set, args.batch_size, device), _batches(val_set, args.batch_size, device),
-                n_train=len(train_set), n_targets=len(val_set), proj_dim=args.proj_dim,
-                projector_seed=traker_projector_seed(m, seed), device=device, workdir=workdir, projector=projector,
-            ))
-    tau = pd.DataFrame({
-        group: group_tau([a["features"] for a in arrays], [a["out_to_loss"] for a in arrays],
-                         [a["target_grads"] for a in arrays], (val_groups == group).to_numpy())
-        for group in GROUPS
-    })
-    run = {
-        "examples_per_s": _median_rate(stats["examples"], stats["seconds"]),
-        "projection_share": float(np.median(np.asarray(stats["project_seconds"]) / np.asarray(stats["seconds"]))),
-        "tau": tau,
-        "A": alignment_scores(tau, losses, beta=1.0, weighting="softmax"),
-    }
-    print(f"  {label:18s} {run['examples_per_s']:8.1f} examples/s, projection {100 * run['projection_share']:.0f}% of it", flush=True)
-    return run
+    instance.project = project
+    return traker
 
 
 def _agreement(a: dict, b: dict) -> dict:

@@ -252,7 +252,7 @@ def label_files(tmp_path):
     rng = np.random.default_rng(0)
     files = {"features": [], "out_to_loss": [], "target_grads": []}
     for m in range(2):
-        for name, shape in [("features", (6, 4)), ("out_to_loss", (6,)), ("target_grads", (5, 4))]:
+        for name, shape in [("features", (6, 4)), ("out_to_loss", (6,)), ("target_grads", (7, 4))]:
             path = tmp_path / f"{name}_{m}.npy"
             np.save(path, rng.standard_normal(shape).astype(np.float32))
             files[name].append(path)
@@ -281,7 +281,8 @@ def test_tau_step_outputs(label_files):
     out = pd.read_parquet(tmp_path / "tau.parquet")
     assert list(out.columns) == ["image_index", "dicom_id", "tau"]
     assert out["image_index"].tolist() == list(range(100, 106))
-    white_val = np.array([True, False, True, False, True])  # validate rows 6, 8, 10
+    # Targets are the 5 validate rows, then the 2 test rows; only White validate rows count.
+    white_val = np.array([True, False, True, False, True, False, False])  # validate rows 6, 8, 10
     expected = group_tau(files["features"], files["out_to_loss"], files["target_grads"], white_val)
     np.testing.assert_allclose(out["tau"].to_numpy(), expected)
     summary = json.loads((tmp_path / "tau.json").read_text())
@@ -299,7 +300,7 @@ def test_tau_step_row_count_mismatch(label_files):
     np.save(tmp_path / "short.npy", np.zeros((5, 4), dtype=np.float32))
     with pytest.raises(ValueError, match="has 5 rows but .* has 6 training rows"):
         run_tau_step(tmp_path, files, "White", feature_paths=[tmp_path / "short.npy", files["features"][1]])
-    with pytest.raises(ValueError, match="has 6 rows but .* has 5 validation rows"):
+    with pytest.raises(ValueError, match="has 6 rows but .* has 7 validation \\+ test rows"):
         run_tau_step(tmp_path, files, "White", target_grad_paths=[files["features"][0]] * 2)
 
 

@@ -1,5 +1,5 @@
-"""Training: determinism, learning, row selection (subset, keep), the schedule, and the
-workflow step's outputs."""
+"""Training: determinism, learning, row selection (subset, weights), weighted resampling, the
+schedule, and the workflow step's outputs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from d3mflow.training import (
     TrainConfig,
     epoch_batches,
     lr_factor,
+    row_weights,
+    sampling_weights,
     select_rows,
     train,
     train_step,
@@ -106,28 +108,46 @@ def test_epoch_batches_cover_every_row_once_and_never_leave_a_single_example():
     assert sorted(torch.cat(batches).tolist()) == list(range(33))
 
 
+def test_weighted_epoch_draws_with_replacement_in_proportion_to_the_weights():
+    weights = torch.tensor([0.0, 1.0, 3.0])
+    drawn = torch.cat(epoch_batches(3000, 64, torch.Generator().manual_seed(0), weights))
+    counts = torch.bincount(drawn, minlength=3).double() / len(drawn)
+    assert counts[0] == 0 and counts[2] / counts[1] == pytest.approx(3.0, rel=0.1)
+
+
 def test_subset_is_seeded_and_of_the_requested_size():
-    index = np.arange(100, 200)
-    rows = select_rows(index, subset_fraction=0.5, subset_seed=7)
+    weights = np.ones(100)
+    rows = select_rows(weights, subset_fraction=0.5, subset_seed=7)
     expected = np.sort(np.random.default_rng(7).choice(np.arange(100), size=50, replace=False))
     np.testing.assert_array_equal(rows, expected)
-    assert not np.array_equal(rows, select_rows(index, subset_fraction=0.5, subset_seed=8))
-    np.testing.assert_array_equal(select_rows(index), np.arange(100))
+    assert not np.array_equal(rows, select_rows(weights, subset_fraction=0.5, subset_seed=8))
+    np.testing.assert_array_equal(select_rows(weights), np.arange(100))
 
 
-def test_keep_selects_exactly_the_kept_rows_in_any_order():
+def test_zero_weight_rows_are_dropped_and_equal_weights_mean_plain_shuffling():
     index = np.array([3, 5, 8, 13, 21])
-    keep = pd.DataFrame({"image_index": [21, 3, 8, 5, 13], "kept": [True, False, True, True, False]})
-    np.testing.assert_array_equal(select_rows(index, keep=keep), [1, 2, 4])
+    table = pd.DataFrame({"image_index": [21, 3, 8, 5, 13], "weight": [1.0, 0.0, 1.0, 1.0, 0.0]})
+    weights = row_weights(index, table)
+    np.testing.assert_array_equal(weights, [0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(select_rows(weights), [1, 2, 4])
+    assert sampling_weights(weights[select_rows(weights)]) is None
+    np.testing.assert_array_equal(sampling_weights(np.array([1.0, 5.0])), [1.0, 5.0])
 
 
 @pytest.mark.parametrize(
-    "keep_index", [[3, 5, 8, 13], [3, 5, 8, 13, 22], [3, 5, 8, 13, 21, 21]], ids=["missing", "other", "duplicate"]
+    "table_index", [[3, 5, 8, 13], [3, 5, 8, 13, 22], [3, 5, 8, 13, 21, 21]], ids=["missing", "other", "duplicate"]
 )
-def test_keep_rows_must_match_training_rows(keep_index):
-    keep = pd.DataFrame({"image_index": keep_index, "kept": True})
-    with pytest.raises(ValueError, match="do not match"):
-        select_rows(np.array([3, 5, 8, 13, 21]), keep=keep)
+def test_row_table_must_match_training_rows(table_index):
+    table = pd.DataFrame({"image_index": table_index, "weight": 1.0})
+    with pytest.raises(ValueError, match="does not match"):
+        row_weights(np.array([3, 5, 8, 13, 21]), table)
+
+
+@pytest.mark.parametrize("weights", [[1, -1, 1, 1, 1], [0, 0, 0, 0, 0], [1, np.nan, 1, 1, 1]])
+def test_row_weights_must_be_finite_non_negative_and_not_all_zero(weights):
+    table = pd.DataFrame({"image_index": [3, 5, 8, 13, 21], "weight": np.array(weights, dtype=float)})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        row_weights(np.array([3, 5, 8, 13, 21]), table)
 
 
 def test_train_step_writes_checkpoint_history_and_epoch_checkpoints(task, tmp_path):
@@ -140,7 +160,7 @@ def test_train_step_writes_checkpoint_history_and_epoch_checkpoints(task, tmp_pa
     assert [h["n"] for h in history] == [24, 24]  # half of the 48 training rows
     _, meta = load_checkpoint(tmp_path / "base.pt")
     assert meta["n_train"] == 24 and meta["n_train_rows"] == 48 and meta["epochs_total"] == 2
-    assert meta["device"] == "cpu" and meta["keep"] is None and meta["init"] is None
+    assert meta["device"] == "cpu" and meta["rows"] is None and meta["init"] is None
     assert meta["subset"] == {"fraction": 0.5, "seed": 2}
     assert meta["cfg"]["seed"] == 1 and meta["final_train_loss"] == history[-1]["loss"]
     assert sorted(p.name for p in (tmp_path / "epochs").iterdir()) == ["epoch_1.pt", "epoch_2.pt"]
@@ -149,14 +169,14 @@ def test_train_step_writes_checkpoint_history_and_epoch_checkpoints(task, tmp_pa
     for key, value in final.state_dict().items():
         assert torch.equal(value, last_epoch.state_dict()[key])
 
-    # Continued training on the kept rows only (the D3M phase).
-    keep = pd.DataFrame({"image_index": np.arange(48), "kept": np.arange(48) % 3 != 0})
-    keep.to_parquet(tmp_path / "keep.parquet", index=False)
+    # Continued training on the rows with weight 1 only (the D3M phase).
+    rows = pd.DataFrame({"image_index": np.arange(48), "weight": (np.arange(48) % 3 != 0).astype(float)})
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
     train_step(task_parquet, cache, tmp_path / "d3m.pt", tmp_path / "d3m.json", init_ckpt=tmp_path / "base.pt",
-               keep_parquet=tmp_path / "keep.parquet", **{**common, "cfg": TrainConfig(epochs=1, batch_size=16)})
+               rows_parquet=tmp_path / "rows.parquet", **{**common, "cfg": TrainConfig(epochs=1, batch_size=16)})
     _, meta = load_checkpoint(tmp_path / "d3m.pt")
     assert meta["n_train"] == 32 and meta["epochs_total"] == 3
-    assert meta["keep"] == {"n_kept": 32, "n_dropped": 16}
+    assert meta["rows"] == {"n_dropped": 16, "resampled": False}
     assert meta["init"] == {"epochs_total": 2, "final_train_loss": history[-1]["loss"]}
     assert str(tmp_path) not in json.dumps(meta)  # no label-naming paths in the meta
 
@@ -171,13 +191,24 @@ def test_train_step_writes_checkpoint_history_and_epoch_checkpoints(task, tmp_pa
         assert torch.equal(value, d3m.state_dict()[key]), key
 
 
-def test_train_step_rejects_keep_table_of_other_rows(task, tmp_path):
+def test_train_step_resamples_unequal_weights(task, tmp_path):
     task_parquet, cache = task
-    pd.DataFrame({"image_index": np.arange(56), "kept": True}).to_parquet(tmp_path / "keep.parquet")
-    with pytest.raises(ValueError, match="do not match"):
+    rows = pd.DataFrame({"image_index": np.arange(48), "weight": np.where(np.arange(48) < 8, 5.0, 1.0)})
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
+    train_step(task_parquet, cache, tmp_path / "m.pt", tmp_path / "h.json", arch="resnet9", width=4,
+               pretrained=False, weights_path=None, cfg=TrainConfig(epochs=1, batch_size=16),
+               rows_parquet=tmp_path / "rows.parquet")
+    _, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["n_train"] == 48 and meta["rows"] == {"n_dropped": 0, "resampled": True}
+
+
+def test_train_step_rejects_row_table_of_other_rows(task, tmp_path):
+    task_parquet, cache = task
+    pd.DataFrame({"image_index": np.arange(56), "weight": 1.0}).to_parquet(tmp_path / "rows.parquet")
+    with pytest.raises(ValueError, match="does not match"):
         train_step(task_parquet, cache, tmp_path / "m.pt", tmp_path / "h.json", arch="resnet9", width=4,
                    pretrained=False, weights_path=None, cfg=TrainConfig(epochs=1),
-                   keep_parquet=tmp_path / "keep.parquet")
+                   rows_parquet=tmp_path / "rows.parquet")
     assert not (tmp_path / "m.pt").exists()
 
 

@@ -10,7 +10,11 @@ chest X-ray classifiers, one concept per module:
 - ``attribution``: TRAK features with ``traker``; per-group attribution tau(g) by linearity.
 - ``alignment``: group alignment scores A_i from tau(g) and group losses.
 - ``selection``: which training images D3M keeps.
-- ``evaluation``: predictions and per-group accuracy / worst-group accuracy.
+- ``controls``: the training-row table (image_index, weight) of every continued-training method.
+- ``auto_d3m``: D3M on pseudo-groups from the TRAK scores, without race labels.
+- ``prediction``: per-image probabilities and losses of a checkpoint.
+- ``evaluation``: metrics per race group at a validation-chosen threshold, paired bootstrap CIs
+  across methods and seeds, and the label ranking for ``labels: auto``.
 - ``report``: the talk's tables, removals and detection scores.
 """
 

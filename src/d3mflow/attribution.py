@@ -114,7 +114,6 @@ def featurize(
                 proj_dim=proj_dim,
                 seed=projector_seed,
                 device=device,
-                dtype=torch.float16 if half else torch.float32,
             ),
         )
         traker.load_checkpoint(checkpoint, model_id=0)
@@ -179,8 +178,10 @@ def featurize_step(
 ) -> None:
     """Snakemake job: TRAK arrays of one ensemble model over one label's task.
 
-    Training rows (``split == "train"``) and targets (``split == "validate"``) are fed in task
-    order, unshuffled and unaugmented, which is the order ``tau_step`` assumes. Model
+    Training rows (``split == "train"``) and targets (the ``validate`` rows, then the ``test``
+    rows) are fed in task order, unshuffled and unaugmented, which is the order ``tau_step``
+    and the error analysis assume. Validation targets drive D3M; test targets cost one more
+    projected gradient each and let the error analysis attribute test mistakes. Model
     ``model_index`` gets the projection traker would give that model id in a shared save_dir
     (every ``projector`` seeds its matrix from ``projector_seed`` the same way)."""
     torch.set_num_threads(threads)
@@ -188,7 +189,7 @@ def featurize_step(
     model, _ = load_checkpoint(model_ckpt, torch_device)
     task = pd.read_parquet(task_parquet, columns=["image_index", "split", "y"])
     train = CachedImages(cache, *_split_arrays(task, "train"))
-    targets = CachedImages(cache, *_split_arrays(task, "validate"))
+    targets = CachedImages(cache, *_split_arrays(task, "validate", "test"))
     featurize_to_files(
         model,
         _batches(train, batch_size),
@@ -206,8 +207,9 @@ def featurize_step(
     )
 
 
-def _split_arrays(task: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = task[task["split"] == split]
+def _split_arrays(task: pd.DataFrame, *splits: str) -> tuple[np.ndarray, np.ndarray]:
+    """image_index and y of the task's rows in ``splits``: split by split, task order within."""
+    rows = pd.concat([task[task["split"] == split] for split in splits])
     return rows["image_index"].to_numpy(), rows["y"].to_numpy()
 
 
@@ -427,22 +429,24 @@ def tau_step(
     """Snakemake job: tau(group) for every training row of one label's task, and the base
     model's validation loss on the group.
 
-    Training rows are the task's ``split == "train"`` rows and targets its
-    ``split == "validate"`` rows, both in task order (the order the featurize jobs used). The
-    group's images are the image_index values of ``members_parquet`` (its group file).
+    Training rows are the task's ``split == "train"`` rows; the targets are its ``validate``
+    rows then its ``test`` rows, in task order (the order the featurize jobs used), and tau
+    averages over the group's validation targets only. The group's images are the image_index values of ``members_parquet`` (its group file).
     Writes ``out_parquet`` (image_index, dicom_id, tau; training rows in task order) and
     ``out_json`` {"group", "n_val", "val_loss", "n_models"}."""
     task = pd.read_parquet(task_parquet, columns=["image_index", "dicom_id", "split"])
     members = pd.read_parquet(members_parquet, columns=["image_index"])["image_index"]
     train = task[task["split"] == "train"]
     val = task[task["split"] == "validate"]
+    n_test = int((task["split"] == "test").sum())
     group_mask = val["image_index"].isin(members).to_numpy()
     if not group_mask.any():
         # The reference code turns this into a NaN loss, NaN scores, and drops every example.
         raise ValueError(f"race group {group!r} has no validation images in {task_parquet}: tau(g) and l_g are undefined")
-    _check_row_counts(feature_paths, out_to_loss_paths, len(train), target_grad_paths, len(val), task_parquet)
+    _check_row_counts(feature_paths, out_to_loss_paths, len(train), target_grad_paths, len(val) + n_test, task_parquet)
 
-    tau = group_tau(feature_paths, out_to_loss_paths, target_grad_paths, group_mask)
+    target_mask = np.concatenate([group_mask, np.zeros(n_test, dtype=bool)])
+    tau = group_tau(feature_paths, out_to_loss_paths, target_grad_paths, target_mask)
     val_loss = _group_val_loss(base_predictions_parquet, val[group_mask], group)
     write_parquet(
         pd.DataFrame({"image_index": train["image_index"].to_numpy(), "dicom_id": train["dicom_id"].to_numpy(), "tau": tau}),
@@ -458,13 +462,13 @@ def _check_row_counts(
     out_to_loss_paths: Sequence[str | os.PathLike],
     n_train: int,
     target_grad_paths: Sequence[str | os.PathLike],
-    n_val: int,
+    n_targets: int,
     task_parquet: str | os.PathLike,
 ) -> None:
     """Rows are matched by position, so a featurize output built from another task version
     must fail here rather than produce misaligned scores."""
     expected = [(p, n_train, "training") for p in [*feature_paths, *out_to_loss_paths]]
-    expected += [(p, n_val, "validation") for p in target_grad_paths]
+    expected += [(p, n_targets, "validation + test") for p in target_grad_paths]
     for path, n, split in expected:
         rows = np.load(path, mmap_mode="r").shape[0]
         if rows != n:

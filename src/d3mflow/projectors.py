@@ -29,23 +29,29 @@ projected gradients, computes ``X (X^T X)^-1`` in ``finalize_features`` and scor
     ``stock`` when CUDA is available and ``fast_jl`` imports (traker's fast CUDA kernel),
     otherwise ``factored`` (on CPU or GPU).
 
+``dense`` and ``sparse`` project in float32 even when traker runs in float16 (its CUDA
+default): a projected coordinate sums many gradient coordinates times ``+-1`` or ``+-sqrt(k)``
+and could overflow float16 before traker divides by ``sqrt(n_params)`` and casts to its dtype.
+
 Approximations, stated precisely:
 
 * ``sparse``/``factored`` use a different random matrix from stock: ``S`` (n_params x k) has
   exactly one non-zero per row, ``+-sqrt(k)`` in a uniformly random column. ``E[S S^T] = k I``
-  as for traker's unit-variance Gaussian/Rademacher matrices, so projected inner products are
-  unbiased and on traker's scale, and their variance,
-  ``(|x|^2 |y|^2 + <x,y>^2 - 2 sum_i x_i^2 y_i^2) / k`` per output coordinate pair, is never
-  above the Gaussian's ``(|x|^2 |y|^2 + <x,y>^2) / k``. CountSketch has weaker high-probability
+  as for traker's unit-variance Gaussian/Rademacher matrices, so ``<S^T x, S^T y> / k`` is an
+  unbiased estimate of ``<x, y>`` on traker's scale, with variance
+  ``(|x|^2 |y|^2 + <x,y>^2 - 2 sum_i x_i^2 y_i^2) / k``, never above a Gaussian matrix's
+  ``(|x|^2 |y|^2 + <x,y>^2) / k``. CountSketch has weaker high-probability
   (tail) guarantees than a dense JL matrix for vectors dominated by a few coordinates; the
   benchmark (bench/attribution.py) measures the resulting rank agreement against stock.
 * ``factored`` computes the SAME per-example gradients as vmap (equal up to float rounding,
   tested) for models whose parameters all live in ``Conv2d`` (groups=1, zero padding),
   ``Linear`` and eval-mode ``BatchNorm2d`` layers, with traker's ``image_classification``
   margin; anything else is refused. It turns off in-place activations of the model it is given
-  (numerically identical), because an in-place op would overwrite a captured layer output. Per
-  batch it still holds one layer's per-example weight gradient at a time in its own layout and
-  returns all of them to traker, as vmap does (batch x n_params floats).
+  (numerically identical), because an in-place op would overwrite a captured layer output. It
+  removes vmap's compute, not its memory: like vmap it hands traker's projector every
+  per-example gradient of the batch (batch x n_params floats). A projection that never forms
+  them (e.g. Kronecker-factored per layer, as in LoGra) would be a different random projection
+  and is not implemented.
 """
 
 from __future__ import annotations
@@ -94,7 +100,6 @@ def traker_components(
     proj_dim: int,
     seed: int,
     device: str | torch.device,
-    dtype: torch.dtype,
 ) -> dict:
     """Keyword arguments for ``TRAKer`` selecting projector ``name`` (see the module docstring):
     ``projector`` (an instance) and, for ``factored``, ``gradient_computer`` (a class)."""
@@ -103,7 +108,7 @@ def traker_components(
         return {}
     grad_dim = sum(p.numel() for p in model.parameters())
     cls = DenseProjector if name == "dense" else SparseProjector
-    components = {"projector": cls(grad_dim, proj_dim, seed, device=device, dtype=dtype)}
+    components = {"projector": cls(grad_dim, proj_dim, seed, device=device)}
     if name == "factored":
         components["gradient_computer"] = FactoredGradientComputer
     return components
@@ -130,30 +135,28 @@ class DenseProjector(AbstractProjector):
         seed: int,
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
         model_id: int = 0,
     ) -> None:
         super().__init__(grad_dim, proj_dim, seed, ProjectionType.rademacher, device)
-        size = grad_dim * proj_dim * torch.finfo(dtype).bits // 8
+        size = grad_dim * proj_dim * 4
         if size > self.MAX_BYTES:
             raise MemoryError(
                 f"a dense {grad_dim} x {proj_dim} projection needs {size / 2**30:.1f} GiB (limit "
                 f"{self.MAX_BYTES / 2**30:.0f} GiB); use trak.projector 'sparse' or 'factored'"
             )
-        self.dtype = dtype
         self._draw(model_id)
 
     def _draw(self, model_id: int) -> None:
         self.model_id = model_id
         bits = torch.randint(0, 2, (self.grad_dim, self.proj_dim), generator=_generator(self.seed, model_id), dtype=torch.int8)
-        self.matrix = (bits * 2 - 1).to(device=self.device, dtype=self.dtype)
+        self.matrix = (bits * 2 - 1).to(device=self.device, dtype=torch.float32)
 
     def project(self, grads: Tensor | dict[str, Tensor], model_id: int) -> Tensor:
         if model_id != self.model_id:
             self._draw(model_id)
         if isinstance(grads, dict):
             grads = vectorize(grads, device=self.device)
-        return grads.to(self.dtype) @ self.matrix
+        return grads.float() @ self.matrix
 
     def free_memory(self) -> None:
         """Keep the matrix: traker calls this before scoring targets with the same matrix."""
@@ -174,11 +177,9 @@ class SparseProjector(AbstractProjector):
         seed: int,
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
         model_id: int = 0,
     ) -> None:
         super().__init__(grad_dim, proj_dim, seed, "countsketch", device)
-        self.dtype = dtype
         self._draw(model_id)
 
     def _draw(self, model_id: int) -> None:
@@ -187,7 +188,7 @@ class SparseProjector(AbstractProjector):
         column = torch.randint(0, self.proj_dim, (self.grad_dim,), generator=generator)
         sign = torch.randint(0, 2, (self.grad_dim,), generator=generator) * 2 - 1
         self.column = column.to(self.device)
-        self.sign = (sign * math.sqrt(self.proj_dim)).to(device=self.device, dtype=self.dtype)
+        self.sign = (sign * math.sqrt(self.proj_dim)).to(device=self.device, dtype=torch.float32)
 
     def project(self, grads: Tensor | dict[str, Tensor], model_id: int) -> Tensor:
         if model_id != self.model_id:
@@ -196,15 +197,13 @@ class SparseProjector(AbstractProjector):
         parts = [g.reshape(len(g), -1) for g in parts]
         if sum(p.shape[1] for p in parts) != self.grad_dim:
             raise ValueError(f"gradients have {sum(p.shape[1] for p in parts)} coordinates, projector expects {self.grad_dim}")
-        # Accumulate transposed (k x B): index_add_ along dim 0 adds contiguous rows.
-        out = torch.zeros(self.proj_dim, len(parts[0]), dtype=self.dtype, device=self.device)
+        out = torch.zeros(len(parts[0]), self.proj_dim, dtype=torch.float32, device=self.device)
         start = 0
         for part in parts:
             stop = start + part.shape[1]
-            signed = part.to(device=self.device, dtype=self.dtype).T * self.sign[start:stop, None]
-            out.index_add_(0, self.column[start:stop], signed)
+            out.index_add_(1, self.column[start:stop], part.to(device=self.device, dtype=torch.float32) * self.sign[start:stop])
             start = stop
-        return out.T
+        return out
 
     def free_memory(self) -> None:
         """Keep the hash: it is tiny and traker projects targets with it after finalizing."""

@@ -1,5 +1,12 @@
 """Seeded training: base models, TRAK ensemble models on random subsets, and continued
-training from a checkpoint on all (ERM) or only the kept (D3M) training images.
+training from a checkpoint on a weighted table of training rows (one per method, see
+``d3mflow.controls``).
+
+Row weights: weight 0 drops a row. When every remaining row has the same weight (erm, d3m,
+random, auto_d3m) each epoch is a shuffle of those rows, as in plain training. Otherwise
+(balance, jtt) each epoch draws as many rows as remain, WITH replacement, with probability
+proportional to the weight: resampling, as group balancing and JTT's upsampling do, so the
+loss, batch size and number of steps stay those of plain training.
 
 Same seed and same thread count give bit-identical weights on the CPU: the model is
 initialised after ``torch.manual_seed(seed)`` and batches are shuffled with their own seeded
@@ -68,12 +75,19 @@ def lr_factor(step: int, total_steps: int) -> float:
     return (total_steps - step) / (total_steps - warmup + 1)
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A shuffled split of positions ``0..n-1`` into batches of ``batch_size``.
+def epoch_batches(
+    n: int, batch_size: int, generator: torch.Generator, weights: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """A shuffled split of positions ``0..n-1`` into batches of ``batch_size``; with
+    ``weights`` (n,), n positions drawn with replacement in proportion to them instead.
 
     A final batch of one example is merged into the previous batch rather than dropped (which
     would lose data) or kept (batch norm cannot normalise a single example)."""
-    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if weights is None:
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.multinomial(weights, n, replacement=True, generator=generator)
+    batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches
@@ -86,9 +100,11 @@ def train(
     device: torch.device,
     *,
     train_rows: np.ndarray | None = None,
+    row_weights: np.ndarray | None = None,
     epoch_callback: Callable[[int, nn.Module], None] | None = None,
 ) -> list[dict]:
-    """Train ``model`` in place on ``dataset`` positions ``train_rows`` (default: all).
+    """Train ``model`` in place on ``dataset`` positions ``train_rows`` (default: all),
+    shuffled each epoch, or resampled in proportion to ``row_weights`` (aligned to the rows).
 
     Each call has a fresh optimiser and schedule, so continued training from a checkpoint is
     just another call. ``epoch_callback(epoch, model)`` runs after each epoch (1-based), e.g.
@@ -99,6 +115,9 @@ def train(
     rows = np.arange(len(dataset)) if train_rows is None else np.asarray(train_rows, dtype=np.int64)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 training examples, got {len(rows)}")
+    weights = None if row_weights is None else torch.as_tensor(np.asarray(row_weights, dtype=np.float64))
+    if weights is not None and weights.shape != (len(rows),):
+        raise ValueError(f"row_weights has shape {tuple(weights.shape)}, expected ({len(rows)},)")
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
@@ -114,7 +133,7 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         loss_sum, correct = 0.0, 0
-        for batch in epoch_batches(len(rows), cfg.batch_size, generator):
+        for batch in epoch_batches(len(rows), cfg.batch_size, generator, weights):
             images, labels = dataset.get_batch(rows[batch.numpy()])
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
@@ -141,52 +160,51 @@ def train(
     return history
 
 
-def select_rows(
-    train_image_index: np.ndarray,
-    *,
-    keep: pd.DataFrame | None = None,
-    subset_fraction: float = 1.0,
-    subset_seed: int = 0,
-) -> np.ndarray:
-    """Positions (into ``train_image_index``) of the training rows to use.
-
-    ``keep`` (columns image_index, kept) restricts to kept rows and must list exactly the
-    training rows, so a selection made for another task or cohort cannot be applied by mistake.
-    Then, if ``subset_fraction < 1``, a random subset of that size is drawn with
+def select_rows(weights: np.ndarray, *, subset_fraction: float = 1.0, subset_seed: int = 0) -> np.ndarray:
+    """Positions of the training rows to use: those with weight > 0 and then, if
+    ``subset_fraction < 1``, a random subset of that size drawn with
     ``numpy.random.default_rng(subset_seed)``. Positions are returned in ascending order."""
     if not 0.0 < subset_fraction <= 1.0:
         raise ValueError(f"subset_fraction must be in (0, 1], got {subset_fraction}")
-    rows = np.arange(len(train_image_index))
-    if keep is not None:
-        rows = rows[_kept_mask(train_image_index, keep)]
+    rows = np.flatnonzero(np.asarray(weights) > 0)
     if subset_fraction < 1.0:
         n_subset = round(subset_fraction * len(rows))
         rows = np.sort(np.random.default_rng(subset_seed).choice(rows, size=n_subset, replace=False))
     return rows
 
 
-def _kept_mask(train_image_index: np.ndarray, keep: pd.DataFrame) -> np.ndarray:
-    """``keep.kept`` aligned to ``train_image_index``, after checking both list the same rows."""
-    missing_columns = {"image_index", "kept"} - set(keep.columns)
+def sampling_weights(weights: np.ndarray) -> np.ndarray | None:
+    """The weights to resample by, or None when they are all equal (plain shuffling)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return None if np.all(weights == weights[0]) else weights
+
+
+def row_weights(train_image_index: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """``table.weight`` (columns image_index, weight) aligned to ``train_image_index``.
+
+    The table must list exactly the training rows, so a table made for another task or cohort
+    cannot be applied by mistake; weights must be finite, >= 0, and not all 0."""
+    missing_columns = {"image_index", "weight"} - set(table.columns)
     if missing_columns:
-        raise ValueError(f"keep table lacks columns {sorted(missing_columns)}")
-    if keep["kept"].dtype != bool:
-        raise ValueError(f"keep table column 'kept' must be bool, got {keep['kept'].dtype}")
-    keep = keep.sort_values("image_index")
-    keep_index = keep["image_index"].to_numpy()
+        raise ValueError(f"training-row table lacks columns {sorted(missing_columns)}")
+    weight = table["weight"].to_numpy(dtype=np.float64)
+    if not np.isfinite(weight).all() or (weight < 0).any() or not (weight > 0).any():
+        raise ValueError("training-row weights must be finite and >= 0, with at least one > 0")
+    table = table.sort_values("image_index")
+    table_index = table["image_index"].to_numpy()
     order = np.argsort(train_image_index, kind="stable")
-    if not np.array_equal(keep_index, train_image_index[order]):
-        extra = np.setdiff1d(keep_index, train_image_index).size
-        missing = np.setdiff1d(train_image_index, keep_index).size
+    if not np.array_equal(table_index, train_image_index[order]):
+        extra = np.setdiff1d(table_index, train_image_index).size
+        missing = np.setdiff1d(train_image_index, table_index).size
         raise ValueError(
-            f"keep table rows do not match the task's {len(train_image_index)} training rows "
-            f"({len(keep_index)} rows, {extra} not in training, {missing} training rows absent, "
-            f"duplicates: {len(keep_index) != len(np.unique(keep_index))}); "
+            f"training-row table does not match the task's {len(train_image_index)} training rows "
+            f"({len(table_index)} rows, {extra} not in training, {missing} training rows absent, "
+            f"duplicates: {len(table_index) != len(np.unique(table_index))}); "
             "was it made for another label or cohort?"
         )
-    mask = np.empty(len(train_image_index), dtype=bool)
-    mask[order] = keep["kept"].to_numpy()
-    return mask
+    aligned = np.empty(len(train_image_index), dtype=np.float64)
+    aligned[order] = table["weight"].to_numpy(dtype=np.float64)
+    return aligned
 
 
 def train_step(
@@ -203,7 +221,7 @@ def train_step(
     subset_fraction: float = 1.0,
     subset_seed: int = 0,
     init_ckpt: str | os.PathLike | None = None,
-    keep_parquet: str | os.PathLike | None = None,
+    rows_parquet: str | os.PathLike | None = None,
     epoch_ckpt_dir: str | os.PathLike | None = None,
     threads: int = 1,
     device: str = "auto",
@@ -212,26 +230,24 @@ def train_step(
     ``out_ckpt`` and ``history_out`` (the per-epoch history as JSON).
 
     ``init_ckpt`` continues from a checkpoint (fresh optimiser and schedule) instead of a new
-    model; ``keep_parquet`` and ``subset_fraction`` choose rows as in ``select_rows``;
+    model; ``rows_parquet`` is a training-row table (image_index, weight; see ``row_weights``
+    and the module docstring) and ``subset_fraction`` draws a subset as in ``select_rows``;
     ``epoch_ckpt_dir`` also receives ``epoch_{e}.pt`` after every epoch. The checkpoint meta
     records how the model was trained, never which label it was trained for."""
     torch.set_num_threads(threads)
     torch_device = select_device(device)
     task = pd.read_parquet(task_parquet, columns=list(TASK_COLUMNS))
     train_positions = np.flatnonzero(task["split"].to_numpy() == "train")
-    keep = None if keep_parquet is None else pd.read_parquet(keep_parquet)
-    rows = train_positions[
-        select_rows(
-            task["image_index"].to_numpy()[train_positions],
-            keep=keep,
-            subset_fraction=subset_fraction,
-            subset_seed=subset_seed,
-        )
-    ]
+    weights = np.ones(len(train_positions))
+    if rows_parquet is not None:
+        weights = row_weights(task["image_index"].to_numpy()[train_positions], pd.read_parquet(rows_parquet))
+    picked = select_rows(weights, subset_fraction=subset_fraction, subset_seed=subset_seed)
+    rows, resample = train_positions[picked], sampling_weights(weights[picked])
     dataset = CachedImages(cache, task["image_index"].to_numpy(), task["y"].to_numpy())
     log.info(
-        "task %s: %d training rows, using %d (keep: %s, subset fraction %s, seed %d)",
-        task_parquet, len(train_positions), len(rows), keep_parquet, subset_fraction, subset_seed,
+        "task %s: %d training rows, using %d (rows: %s, %s; subset fraction %s, seed %d)",
+        task_parquet, len(train_positions), len(rows), rows_parquet,
+        "shuffled" if resample is None else "resampled by weight", subset_fraction, subset_seed,
     )
     model, init_meta = _initial_model(arch, width, pretrained, weights_path, cfg.seed, init_ckpt)
     init_epochs = 0 if init_meta is None else init_meta["epochs_total"]
@@ -242,9 +258,9 @@ def train_step(
         "n_train": len(rows),
         "n_train_rows": len(train_positions),
         "subset": {"fraction": subset_fraction, "seed": subset_seed},
-        "keep": None if keep is None else {
-            "n_kept": int(keep["kept"].sum()),
-            "n_dropped": int((~keep["kept"]).sum()),
+        "rows": None if rows_parquet is None else {
+            "n_dropped": int((weights == 0).sum()),
+            "resampled": resample is not None,
         },
         "init": None if init_meta is None else {
             "epochs_total": init_epochs,
@@ -260,7 +276,7 @@ def train_step(
         save_checkpoint(trained, path, arch=arch, width=width, meta=epoch_meta)
 
     history = train(
-        model, dataset, cfg, torch_device, train_rows=rows,
+        model, dataset, cfg, torch_device, train_rows=rows, row_weights=resample,
         epoch_callback=None if epoch_ckpt_dir is None else save_epoch,
     )
     meta.update(epochs_total=init_epochs + cfg.epochs, final_train_loss=history[-1]["loss"])

@@ -54,6 +54,7 @@ rule trak_features:
         proj_dim=setting("trak", "proj_dim"),
         # Every seed's run is independent, down to its random projections.
         projector_seed=lambda w: settings(w.label)["trak"]["projector_seed"] + int(w.seed),
+        projector=setting("trak", "projector"),
         # Each ensemble member gets its own projection, as in TRAK's Algorithm 1.
         model_index=lambda w: int(w.m),
         batch_size=setting("trak", "batch_size"),

@@ -4,14 +4,19 @@
 import copy
 from pathlib import Path
 
+import pandas as pd
 from snakemake.utils import validate
 
+from d3mflow.controls import METHODS as ALL_METHODS
 from d3mflow.names import CHEXPERT_LABELS, group_from_slug, group_slug, label_from_slug, label_slug
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = config["results"]
-LABELS = [label_slug(label) for label in config["labels"]]
+# labels: auto ranks all 14 labels (checkpoint rank_labels) and runs the top k; every label is
+# then a candidate, so settings are checked for all of them.
+AUTO_LABELS = config["labels"] == "auto"
+LABELS = [label_slug(label) for label in (CHEXPERT_LABELS if AUTO_LABELS else config["labels"])]
 GROUPS = [group_slug(group) for group in config["groups"]]
 METHODS = config["evaluation"]["methods"]
 SEEDS = config["seeds"]
@@ -21,7 +26,7 @@ DEMO = config["data"]["source"] == "demo"
 wildcard_constraints:
     label="|".join(label_slug(label) for label in CHEXPERT_LABELS),
     group="|".join(group_slug(g) for g in ("Asian", "Black or African American", "Hispanic/Latino", "Other", "Unknown", "White")),
-    method="erm|d3m",
+    method="|".join(ALL_METHODS),
     m=r"\d+",
     seed=r"\d+",
 
@@ -149,9 +154,38 @@ def feature_files(kind):
     return files
 
 
+def run_labels():
+    """Slugs of the labels the per-label DAG runs on: the configured list, or with
+    ``labels: auto`` the top ``auto_labels_k`` of the rank_labels checkpoint (only callable
+    from an input function then, as the ranking exists only after the checkpoint ran)."""
+    if not AUTO_LABELS:
+        return LABELS
+    # Imported here, not at the top: scikit-learn would slow down parsing every plan.
+    from d3mflow.evaluation import top_labels
+
+    ranking = pd.read_csv(checkpoints.rank_labels.get().output.ranking)
+    return [label_slug(label) for label in top_labels(ranking, config["auto_labels_k"])]
+
+
+def per_label(pattern, **wildcards):
+    """Input function: ``pattern`` expanded over run_labels() (wildcard ``label``) and the
+    other ``wildcards`` lists, e.g. per_label(COMPARISON) or per_label(METRICS, seed=SEEDS,
+    method=METHODS). Deferred, so it also works with ``labels: auto``."""
+
+    def files(_wildcards):
+        return expand(pattern, label=run_labels(), **wildcards)
+
+    return files
+
+
+COMPARISON = f"{R}/eval/{{label}}/comparison.csv"
+METRICS = f"{R}/eval/{{label}}/s{{seed}}/{{method}}/accuracy_by_group.csv"
+
+
 def report_outputs():
     return [
         f"{R}/report/report.md",
+        f"{R}/report/summary.html",
         f"{R}/report/accuracy_by_group.csv",
         f"{R}/report/wga.csv",
         f"{R}/report/removed_by_group.csv",

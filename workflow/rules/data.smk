@@ -60,8 +60,10 @@ rule image_table:
         views=config["cohort"]["views"],
         labeler=config["cohort"]["labeler"],
         split=config["cohort"]["split"],
-        split_fractions=config["cohort"]["split_fractions"],
-        split_seed=config["cohort"]["split_seed"],
+        # Only the random split reads these: with the official split they would rerun the
+        # whole workflow for a setting that changes nothing.
+        split_fractions=config["cohort"]["split_fractions"] if config["cohort"]["split"] == "random" else None,
+        split_seed=config["cohort"]["split_seed"] if config["cohort"]["split"] == "random" else None,
     log:
         f"{R}/logs/image_table.log",
     benchmark:
@@ -75,7 +77,8 @@ rule cohort:
         table=rules.image_table.output.table,
         race=rules.race.output.race,
     output:
-        images=report(COHORT, caption="../report/cohort.rst", category="Cohort"),
+        # Not in the HTML report: the cohort table holds subject ids (report.include_images, privacy).
+        images=COHORT,
     log:
         f"{R}/logs/cohort.log",
     benchmark:

@@ -1,4 +1,5 @@
-# Base training per label, and the continued training that compares erm with d3m.
+# Base training per label, and the continued training of every method (erm, d3m and the
+# controls) from the base checkpoint: one training-row table per method, one finetune rule.
 
 
 rule train_base:
@@ -28,7 +29,8 @@ rule predict_base:
     output:
         predictions=f"{R}/models/{{label}}/s{{seed}}/base.predictions.parquet",
     params:
-        splits=["validate", "test"],
+        # train: JTT's error set; validate: D3M's group losses and the label ranking.
+        splits=["train", "validate", "test"],
     log:
         f"{R}/logs/predict_base/{{label}}.s{{seed}}.log",
     benchmark:
@@ -37,8 +39,33 @@ rule predict_base:
         "../scripts/predict.py"
 
 
-def kept_rows(wildcards):
-    return [f"{R}/d3m/{wildcards.label}/s{wildcards.seed}/selection.parquet"] if wildcards.method == "d3m" else []
+def training_rows_inputs(wildcards):
+    """The task, and what the method's weights are made from (d3mflow.controls)."""
+    d3m = f"{R}/d3m/{wildcards.label}/s{wildcards.seed}"
+    extra = {
+        "d3m": dict(selection=f"{d3m}/selection.parquet"),
+        "random": dict(selection=f"{d3m}/selection.parquet"),
+        "auto_d3m": dict(selection=f"{d3m}/auto/selection.parquet"),
+        "balance": dict(cohort=COHORT),
+        "jtt": dict(base_predictions=f"{R}/models/{wildcards.label}/s{wildcards.seed}/base.predictions.parquet"),
+    }
+    return dict(task=task(wildcards.label), **extra.get(wildcards.method, {}))
+
+
+rule training_rows:
+    input:
+        unpack(training_rows_inputs),
+    output:
+        rows=f"{R}/rows/{{label}}/s{{seed}}/{{method}}.parquet",
+    params:
+        # Only jtt reads the upweight, so changing it reruns only the jtt jobs.
+        jtt_upweight=lambda w: settings(w.label)["controls"]["jtt_upweight"] if w.method == "jtt" else None,
+    log:
+        f"{R}/logs/training_rows/{{label}}.s{{seed}}.{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/training_rows/{{label}}.s{{seed}}.{{method}}.tsv"
+    script:
+        "../scripts/training_rows.py"
 
 
 rule finetune:
@@ -46,7 +73,7 @@ rule finetune:
         task=task(),
         cache=IMAGE_CACHE,
         init=rules.train_base.output.model,
-        keep=kept_rows,
+        rows=rules.training_rows.output.rows,
     output:
         model=f"{R}/models/{{label}}/s{{seed}}/{{method}}.pt",
         history=f"{R}/models/{{label}}/s{{seed}}/{{method}}.history.json",

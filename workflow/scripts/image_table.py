@@ -12,7 +12,7 @@ build_image_table(
     views=p.views,
     labeler=p.labeler,
     split=p.split,
-    split_fractions=p.split_fractions,
-    split_seed=p.split_seed,
+    # None (official split): the random split's settings are not passed, see rule image_table.
+    **{k: v for k, v in dict(split_fractions=p.split_fractions, split_seed=p.split_seed).items() if v is not None},
     race_parquet=snakemake.input.race[0] if snakemake.input.race else None,
 )

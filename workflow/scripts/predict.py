@@ -4,7 +4,7 @@ from d3mflow.io import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from d3mflow.evaluation import predict_step
+from d3mflow.prediction import predict_step
 
 predict_step(
     snakemake.input.model,

@@ -1,4 +1,4 @@
-# Base training (train_base) and continued training (finetune: erm, or d3m on kept rows).
+# Base training (train_base) and continued training (finetune: one method's training-row table).
 from d3mflow.io import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -14,7 +14,7 @@ train_step(
     **snakemake.params.model,
     cfg=TrainConfig(**snakemake.params.train),
     init_ckpt=inp.get("init"),
-    keep_parquet=inp.keep[0] if inp.get("keep") else None,
+    rows_parquet=inp.get("rows"),
     epoch_ckpt_dir=out.get("epochs"),
     threads=snakemake.threads,
 )

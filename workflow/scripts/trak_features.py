@@ -13,6 +13,7 @@ featurize_step(
     out_target_grads=snakemake.output.target_grads,
     proj_dim=snakemake.params.proj_dim,
     projector_seed=snakemake.params.projector_seed,
+    projector=snakemake.params.projector,
     model_index=snakemake.params.model_index,
     batch_size=snakemake.params.batch_size,
     workdir=snakemake.params.workdir,
