@@ -119,7 +119,36 @@ def _generator(seed: int, model_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + _MODEL_ID_SEED_STRIDE * model_id)
 
 
-class DenseProjector(AbstractProjector):
+class _DrawnOnceProjector(AbstractProjector):
+    """A projection drawn once per (seed, model_id) by ``_draw`` and kept until the model id
+    changes: traker's BasicProjector redraws its matrix on every batch."""
+
+    proj_type: str | ProjectionType
+
+    def __init__(
+        self,
+        grad_dim: int,
+        proj_dim: int,
+        seed: int,
+        *,
+        device: str | torch.device = "cpu",
+        model_id: int = 0,
+    ) -> None:
+        super().__init__(grad_dim, proj_dim, seed, self.proj_type, device)
+        self._draw(model_id)
+
+    def _draw(self, model_id: int) -> None:
+        raise NotImplementedError
+
+    def _for_model(self, model_id: int) -> None:
+        if model_id != self.model_id:
+            self._draw(model_id)
+
+    def free_memory(self) -> None:
+        """Keep the projection: traker projects the targets with it after finalizing features."""
+
+
+class DenseProjector(_DrawnOnceProjector):
     """Rademacher (+-1) JL matrix drawn once per (seed, model_id) and applied with one matmul.
 
     traker's ``BasicProjector`` redraws the same matrix in 100-column blocks on every batch;
@@ -127,42 +156,27 @@ class DenseProjector(AbstractProjector):
     product per batch. A model id change redraws the matrix."""
 
     MAX_BYTES = 4 * 2**30
-
-    def __init__(
-        self,
-        grad_dim: int,
-        proj_dim: int,
-        seed: int,
-        *,
-        device: str | torch.device = "cpu",
-        model_id: int = 0,
-    ) -> None:
-        super().__init__(grad_dim, proj_dim, seed, ProjectionType.rademacher, device)
-        size = grad_dim * proj_dim * 4
-        if size > self.MAX_BYTES:
-            raise MemoryError(
-                f"a dense {grad_dim} x {proj_dim} projection needs {size / 2**30:.1f} GiB (limit "
-                f"{self.MAX_BYTES / 2**30:.0f} GiB); use trak.projector 'sparse' or 'factored'"
-            )
-        self._draw(model_id)
+    proj_type = ProjectionType.rademacher
 
     def _draw(self, model_id: int) -> None:
+        size = self.grad_dim * self.proj_dim * 4
+        if size > self.MAX_BYTES:
+            raise MemoryError(
+                f"a dense {self.grad_dim} x {self.proj_dim} projection needs {size / 2**30:.1f} GiB (limit "
+                f"{self.MAX_BYTES / 2**30:.0f} GiB); use trak.projector 'sparse' or 'factored'"
+            )
         self.model_id = model_id
         bits = torch.randint(0, 2, (self.grad_dim, self.proj_dim), generator=_generator(self.seed, model_id), dtype=torch.int8)
         self.matrix = (bits * 2 - 1).to(device=self.device, dtype=torch.float32)
 
     def project(self, grads: Tensor | dict[str, Tensor], model_id: int) -> Tensor:
-        if model_id != self.model_id:
-            self._draw(model_id)
+        self._for_model(model_id)
         if isinstance(grads, dict):
             grads = vectorize(grads, device=self.device)
         return grads.float() @ self.matrix
 
-    def free_memory(self) -> None:
-        """Keep the matrix: traker calls this before scoring targets with the same matrix."""
 
-
-class SparseProjector(AbstractProjector):
+class SparseProjector(_DrawnOnceProjector):
     """CountSketch sparse JL transform: coordinate i goes to column ``h(i)`` times ``s(i) sqrt(k)``.
 
     ``h`` (uniform over the k columns) and ``s`` (+-1) are drawn once per (seed, model_id) from a
@@ -170,17 +184,7 @@ class SparseProjector(AbstractProjector):
     example. A dict of per-parameter gradients (traker's format, in parameter order) is projected
     tensor by tensor, never concatenated; ``project(dict)`` equals ``project(vectorize(dict))``."""
 
-    def __init__(
-        self,
-        grad_dim: int,
-        proj_dim: int,
-        seed: int,
-        *,
-        device: str | torch.device = "cpu",
-        model_id: int = 0,
-    ) -> None:
-        super().__init__(grad_dim, proj_dim, seed, "countsketch", device)
-        self._draw(model_id)
+    proj_type = "countsketch"
 
     def _draw(self, model_id: int) -> None:
         self.model_id = model_id
@@ -191,8 +195,7 @@ class SparseProjector(AbstractProjector):
         self.sign = (sign * math.sqrt(self.proj_dim)).to(device=self.device, dtype=torch.float32)
 
     def project(self, grads: Tensor | dict[str, Tensor], model_id: int) -> Tensor:
-        if model_id != self.model_id:
-            self._draw(model_id)
+        self._for_model(model_id)
         parts = grads.values() if isinstance(grads, dict) else [grads]
         parts = [g.reshape(len(g), -1) for g in parts]
         if sum(p.shape[1] for p in parts) != self.grad_dim:
@@ -204,9 +207,6 @@ class SparseProjector(AbstractProjector):
             out.index_add_(1, self.column[start:stop], part.to(device=self.device, dtype=torch.float32) * self.sign[start:stop])
             start = stop
         return out
-
-    def free_memory(self) -> None:
-        """Keep the hash: it is tiny and traker projects targets with it after finalizing."""
 
 
 class FactoredGradientComputer(AbstractGradientComputer):
