@@ -51,8 +51,9 @@ from trak.gradient_computers import FunctionalGradientComputer
 from trak.modelout_functions import ImageClassificationModelOutput
 
 from d3mflow.alignment import alignment_scores
-from d3mflow.attribution import EXP_NAME, _read_save_dir, group_tau, traker_projector_seed
+from d3mflow.attribution import EXP_NAME, _read_save_dir, traker_projector_seed
 from d3mflow.images import CachedImages
+from d3mflow.scores import group_tau
 from d3mflow.models import build_model
 from d3mflow.projectors import fast_jl_available, resolve_projector, traker_components
 from d3mflow.training import TrainConfig, train
@@ -156,7 +157,6 @@ def _idle_cpus() -> int:
 def _synthetic_data(workdir: Path, n_train: int, n_val_per_group: int, px: int):
     """A uint8 image cache and CachedImages over its training and validation rows."""
     rng = np.random.default_rng(0)
-    n_val = n_val_per_group * len(GROUPS)
     groups = np.concatenate([rng.choice(len(GROUPS), size=n_train, p=GROUP_SHARES), np.repeat(np.arange(len(GROUPS)), n_val_per_group)])
     n = len(groups)
     labels = rng.integers(0, 2, size=n)

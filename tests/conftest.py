@@ -31,3 +31,15 @@ def tiny_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("tiny_run")
     snakemake(workdir, "--cores", "2")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def say(request):
+    """Print a line to the test log past pytest's output capture: the figures CI's log shows."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def say_line(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(line, flush=True)
+
+    return say_line

@@ -18,14 +18,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from trak import TRAKer
 
-from d3mflow.attribution import (
-    featurize,
-    featurize_to_files,
-    full_scores,
-    group_tau,
-    tau_step,
-    traker_projector_seed,
-)
+from d3mflow.attribution import featurize, featurize_to_files, traker_projector_seed
+from d3mflow.scores import full_scores, group_tau, tau_step
 
 N_TRAIN = 160  # must be >= PROJ_DIM, or X^T X is singular
 N_TARGETS = 12

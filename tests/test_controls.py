@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from d3mflow.attribution import full_scores
+from d3mflow.scores import full_scores
 from d3mflow.auto_d3m import auto_d3m_step, pseudo_groups
 from d3mflow.controls import balanced_weights, jtt_weights, random_removal, training_rows_step
 

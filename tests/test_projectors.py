@@ -13,7 +13,8 @@ from trak.gradient_computers import FunctionalGradientComputer
 from trak.modelout_functions import ImageClassificationModelOutput
 from trak.utils import vectorize
 
-from d3mflow.attribution import featurize, full_scores
+from d3mflow.attribution import featurize
+from d3mflow.scores import full_scores
 from d3mflow.models import build_model
 from d3mflow.projectors import (
     DenseProjector,

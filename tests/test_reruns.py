@@ -174,6 +174,14 @@ def show(jobs: set) -> str:
     return "\n".join(f"  {r} {dict(w)}" for r, w in sorted(jobs))
 
 
+def per_rule(jobs: set) -> str:
+    """A plan in one line, jobs counted per rule: what the CI log shows for each change."""
+    counts: dict = {}
+    for rule, _ in jobs:
+        counts[rule] = counts.get(rule, 0) + 1
+    return f"{len(jobs)} jobs: " + (", ".join(f"{r} x{n}" for r, n in sorted(counts.items())) or "nothing")
+
+
 def assert_same(planned: set, expected: set):
     assert planned == expected, (
         f"planned but not expected:\n{show(planned - expected)}\nexpected but not planned:\n{show(expected - planned)}"
@@ -203,8 +211,9 @@ def copy(done, tmp_path) -> Path:
 # a. no change
 
 
-def test_a_no_change_nothing_to_do(done):
+def test_a_no_change_nothing_to_do(done, say):
     proc = smk(done, "-n")
+    say(f"\nrerun a (no change): {per_rule(set(parse_jobs(proc.stdout + proc.stderr)))}")
     assert "Nothing to be done" in proc.stdout + proc.stderr
     assert parse_jobs(proc.stdout + proc.stderr) == {}
 
@@ -220,10 +229,11 @@ def test_a_settings_nobody_uses_rerun_nothing(done):
 # b. one label's training setting
 
 
-def test_b_one_labels_training_setting(done):
+def test_b_one_labels_training_setting(done, say):
     change = {"overrides": {CONFIG["labels"][0]: {"train": {"finetune_epochs": 2}}}}
     jobs = planned_jobs(done, extra=change)
     planned, roots = set(jobs), params_changed(jobs)
+    say(f"\nrerun b (one label's finetune_epochs): {per_rule(planned)}")
     # Every method's continued training of that label reads finetune_epochs, nothing else does.
     assert {j for j in planned if j[0] == "finetune"} == {
         job("finetune", label=CHANGED, seed=s, method=m) for s in SEEDS for m in METHODS}
@@ -247,10 +257,11 @@ def test_b_one_labels_training_setting(done):
     ],
     ids=["beta", "weighting", "selection"],
 )
-def test_c_d3m_settings_rerun_only_the_d3m_tail(done, d3m, first):
+def test_c_d3m_settings_rerun_only_the_d3m_tail(done, d3m, first, say):
     change = {"overrides": {CONFIG["labels"][0]: {"d3m": d3m}}}
     jobs = planned_jobs(done, extra=change)
     planned, roots = set(jobs), params_changed(jobs)
+    say(f"\nrerun c (one label's d3m {d3m}): {per_rule(planned)}")
     # The jobs that read the setting (alignment or selection; other D3M-family rules that take
     # it, like auto_d3m, may join), of the changed label only; then exactly their downstream.
     assert {job(first, label=CHANGED, seed=s) for s in SEEDS} <= roots
@@ -273,9 +284,10 @@ def test_c_d3m_settings_rerun_only_the_d3m_tail(done, d3m, first):
 # d. the race groups of the D3M objective
 
 
-def test_d_adding_a_group(done):
+def test_d_adding_a_group(done, say):
     change = {"groups": [*CONFIG["groups"], NEW_GROUP]}
     planned = plan(done, extra=change)
+    say(f"\nrerun d (group {NEW_GROUP} added): {per_rule(planned)}")
     new = group_slug(NEW_GROUP)
     roots = {job("group_members", group=new)}
     assert_same(planned, downstream(dag(done, change), roots))
@@ -289,7 +301,7 @@ REMAP = {"cohort": {"race_map": {"PORTUGUESE": "Hispanic/Latino"}}}
 REMAPPED = {group_slug("Other"), group_slug("Hispanic/Latino")}
 
 
-def test_d_race_remap_reruns_only_the_changed_groups_tau(copy):
+def test_d_race_remap_reruns_only_the_changed_groups_tau(copy, say):
     """The documented two-phase rerun (README "Partial reruns"): `--until group_members`
     rewrites the membership files, then a normal run skips the tau jobs of groups whose
     membership bytes did not change (Snakemake >= 9.18 compares inputs <= 1 MB by checksum)."""
@@ -302,6 +314,7 @@ def test_d_race_remap_reruns_only_the_changed_groups_tau(copy):
     # A plain dry run cannot know which membership files will keep their bytes: it lists every
     # tau job, but nothing upstream of the attribution features.
     planned = plan(copy, extra=REMAP)
+    say(f"\nrerun d (race remap, one-step plan): {per_rule(planned)}")
     upstream = {job("race"), job("cohort"), *(job("group_members", group=g) for g in GROUPS)}
     assert upstream <= planned
     assert not rules_of(planned) & (EXPENSIVE | {"image_table", "task", "image_cache", "predict_base", "demo_cohort"})
@@ -319,6 +332,7 @@ def test_d_race_remap_reruns_only_the_changed_groups_tau(copy):
     cohort_readers = consumers_of(jobs, "results/cohort/images.parquet") - upstream
     expected = downstream(jobs, roots | cohort_readers)
     planned = plan(copy, extra=REMAP)
+    say(f"rerun d (race remap, after --until group_members): {per_rule(planned)}")
     assert_same(planned, expected)
 
     proc = smk(copy, "--cores", "2", extra=REMAP)
@@ -334,10 +348,11 @@ def test_d_race_remap_reruns_only_the_changed_groups_tau(copy):
 # e. one more TRAK model
 
 
-def test_e_one_more_trak_model(done):
+def test_e_one_more_trak_model(done, say):
     m = CONFIG["defaults"]["trak"]["num_models"]
     change = {"overrides": {CONFIG["labels"][0]: {"trak": {"num_models": m + 1}}}}
     planned = plan(done, extra=change)
+    say(f"\nrerun e (one label's num_models {m} -> {m + 1}): {per_rule(planned)}")
     roots = {job("trak_model", label=CHANGED, seed=s, m=m) for s in SEEDS}
     assert_same(planned, downstream(dag(done, change), roots))
     assert {j for j in planned if j[0] in EXPENSIVE} == {
@@ -356,7 +371,7 @@ def missing_outputs(workdir: Path) -> set:
     return {row[0] for row in rows if len(row) > 4 and row[4] == "missing"}
 
 
-def test_f_deleted_intermediate_output(copy):
+def test_f_deleted_intermediate_output(copy, say):
     """Snakemake 9 does not rebuild a missing intermediate file whose consumers are up to date:
     `-n` says "Nothing to be done". `--summary` shows it as missing, and `-R <file>` replans
     exactly that job and its dependents (README "Partial reruns")."""
@@ -366,6 +381,7 @@ def test_f_deleted_intermediate_output(copy):
     assert plan(copy) == set()
     assert missing_outputs(copy) == {deleted}
     planned = plan(copy, "-R", deleted)
+    say(f"\nrerun f (alignment.parquet deleted, -R it): {per_rule(planned)}")
     assert_same(planned, downstream(dag(copy), {job("alignment", label=CHANGED, seed=SEEDS[0])}))
     assert not rules_of(planned) & (EXPENSIVE | {"group_attribution"})
 

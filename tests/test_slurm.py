@@ -37,12 +37,6 @@ BAD_SELECTION = {"overrides": {"Cardiomegaly": {"d3m": {"selection": "num_to_dis
 FALLBACK = "falling back to CPU"
 
 
-def _say(request, line: str) -> None:
-    """Print a line to the test log even though output is captured (CI reads these numbers)."""
-    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
-        print(line, flush=True)
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """The local cluster: used as is when running, else started (and stopped again at the end)."""
@@ -81,12 +75,12 @@ def results_files(workdir: Path) -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def slurm_run(slurm_cluster, tmp_path_factory, request) -> Path:
+def slurm_run(slurm_cluster, tmp_path_factory, say) -> Path:
     """One complete run of the tiny config through the SLURM profile."""
     workdir = tmp_path_factory.mktemp("slurm_run")
     start = time.monotonic()
     snakemake(workdir, *SLURM_ARGS)
-    _say(request, f"\nslurm end-to-end run: {time.monotonic() - start:.0f} s, {len(slurm_jobs(workdir))} sbatch jobs")
+    say(f"\nslurm end-to-end run: {time.monotonic() - start:.0f} s, {len(slurm_jobs(workdir))} sbatch jobs")
     return workdir
 
 
@@ -127,7 +121,7 @@ def test_every_output_and_the_report_match_a_local_run(slurm_run, tiny_run):
     assert headings[0] == headings[1]
 
 
-def test_gpu_rules_asked_for_a_gpu_and_cpu_rules_did_not(slurm_run, request):
+def test_gpu_rules_asked_for_a_gpu_and_cpu_rules_did_not(slurm_run, say):
     jobs = slurm_jobs(slurm_run)
     assert {j["JobState"] for j in jobs} == {"COMPLETED"}
     ran = {j["rule"] for j in jobs}
@@ -140,7 +134,7 @@ def test_gpu_rules_asked_for_a_gpu_and_cpu_rules_did_not(slurm_run, request):
             assert job["Partition"] == "cpu" and "TresPerJob" not in job and "gpu" not in job["TRES"], job
     for rule in ("train_base", "report"):
         job = next(j for j in jobs if j["rule"] == rule)
-        _say(request, f"{rule}: " + " ".join(f"{k}={job[k]}" for k in (
+        say(f"{rule}: " + " ".join(f"{k}={job[k]}" for k in (
             "JobId", "Partition", "TimeLimit", "NumCPUs", "MinMemoryNode", "TRES", "TresPerJob", "CpusPerTres")
             if k in job))
 

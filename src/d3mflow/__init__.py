@@ -7,7 +7,9 @@ chest X-ray classifiers, one concept per module:
 - ``images``: decode-and-resize-once image cache shared by every job.
 - ``models``: ResNet-9 / ResNet-50 with a 2-logit head, checkpoints, device choice.
 - ``training``: seeded training and continued training.
-- ``attribution``: TRAK features with ``traker``; per-group attribution tau(g) by linearity.
+- ``projectors``: fast projections and per-example gradients plugged into ``traker``.
+- ``attribution``: TRAK features with ``traker``, one ensemble model per job.
+- ``scores``: per-group attribution tau(g) by linearity, and per-target scores, from the features.
 - ``alignment``: group alignment scores A_i from tau(g) and group losses.
 - ``selection``: which training images D3M keeps.
 - ``controls``: the training-row table (image_index, weight) of every continued-training method.

@@ -75,7 +75,7 @@ def alignment_step(
     """Snakemake job: combine one label's per-group tau files into alignment scores.
 
     ``tau_parquets`` / ``tau_jsons`` map group name -> the outputs of
-    ``attribution.tau_step``. Writes ``out_parquet`` with columns image_index, dicom_id,
+    ``scores.tau_step``. Writes ``out_parquet`` with columns image_index, dicom_id,
     ``tau_<slug>`` per group, ``A``, and ``weight_<slug>`` per group: the weight w_g repeated
     on every row, so the weights travel with the scores in a plain table."""
     if not tau_parquets:

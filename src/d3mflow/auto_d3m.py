@@ -19,7 +19,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from .alignment import alignment_scores
-from .attribution import full_scores
+from .scores import full_scores
 from .io import write_parquet
 from .selection import select
 
@@ -76,7 +76,7 @@ def auto_d3m_step(
 ) -> None:
     """Snakemake job: Auto-D3M for one label and seed, with the label's D3M settings.
 
-    Scores every training row against every validation row (``attribution.full_scores``:
+    Scores every training row against every validation row (``scores.full_scores``:
     n_train x n_val floats in memory, fine for the demo, about 48 GB at 200k x 30k), finds
     pseudo-groups, aligns and selects. Writes ``out_selection`` (image_index, dicom_id,
     ``tau_pg<k>``, A, kept; training rows in task order, like D3M's selection) and

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .attribution import full_scores
+from .scores import full_scores
 from .evaluation import group_metrics, split_threshold, with_race, worst_group
 from .figures import Tile, image_grid, text_png
 from .io import write_csv

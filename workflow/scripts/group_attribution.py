@@ -2,7 +2,7 @@ from d3mflow.io import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from d3mflow.attribution import tau_step
+from d3mflow.scores import tau_step
 
 inp = snakemake.input
 tau_step(
