@@ -16,6 +16,7 @@ from trak.utils import vectorize
 from d3mflow.attribution import featurize
 from d3mflow.scores import full_scores
 from d3mflow.models import build_model
+from d3mflow import projectors
 from d3mflow.projectors import (
     DenseProjector,
     FactoredGradientComputer,
@@ -102,13 +103,20 @@ class _BiasNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+@pytest.mark.parametrize("conv_path", ["grouped", "unfold"])
 @pytest.mark.parametrize(
     "make_model, shape, classes",
     [(_model_with_stats, (1, 16, 16), 2), (lambda: _BiasNet().eval(), (2, 9, 11), 3)],
 )
-def test_factored_gradients_equal_vmap_gradients(make_model, shape, classes):
-    """The factored path computes the same per-example gradients as traker's vmap, so its
-    projection equals the sparse projection of the full per-example gradient vectors."""
+def test_factored_gradients_equal_vmap_gradients(make_model, shape, classes, conv_path, monkeypatch):
+    """The factored path computes the same per-example gradients as traker's vmap, by either way
+    of forming conv weight gradients, so its projection equals the sparse projection of the full
+    per-example gradient vectors."""
+    if conv_path == "unfold":
+        monkeypatch.setattr(projectors, "UNFOLD_MIN_CHANNEL_PRODUCT", 0)
+        monkeypatch.setattr(projectors, "UNFOLD_MAX_OUTPUT_POSITIONS", 10**9)
+    else:
+        monkeypatch.setattr(projectors, "UNFOLD_MIN_CHANNEL_PRODUCT", 10**9)
     model = make_model()
     x, y = torch.randn(6, *shape), torch.randint(0, classes, (6,))
     task, n = ImageClassificationModelOutput(), sum(p.numel() for p in model.parameters())
@@ -119,6 +127,20 @@ def test_factored_gradients_equal_vmap_gradients(make_model, shape, classes):
         assert torch.allclose(factored[name], reference[name], rtol=1e-4, atol=1e-6), name
     projector = SparseProjector(n, 256, seed=0)
     assert torch.allclose(projector.project(factored, 0), projector.project(vectorize(reference, device="cpu"), 0), rtol=1e-4, atol=1e-5)
+
+
+def test_factored_out_to_loss_equals_traker_with_and_without_the_cached_forward():
+    model = _model_with_stats()
+    x, y = torch.randn(5, 1, 16, 16), torch.randint(0, 2, (5,))
+    task, n = ImageClassificationModelOutput(), sum(p.numel() for p in model.parameters())
+    reference = task.get_out_to_loss_grad(model, dict(model.named_parameters()), dict(model.named_buffers()), (x, y))
+    computer = FactoredGradientComputer(model, task, n, torch.float32, "cpu")
+    computer.compute_per_sample_grad((x, y))
+    assert torch.allclose(computer.compute_loss_grad((x, y)), reference, atol=1e-6)  # from the cached logits
+    other_x = torch.randn(5, 1, 16, 16)
+    computer.compute_per_sample_grad((other_x, y))
+    assert torch.allclose(computer.compute_loss_grad((x, y)), reference, atol=1e-6)  # another batch: recomputed
+    assert torch.allclose(computer.compute_loss_grad((x, y)), reference, atol=1e-6)  # nothing cached: recomputed
 
 
 def test_factored_path_refuses_unsupported_layers():
