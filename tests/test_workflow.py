@@ -39,6 +39,14 @@ def test_bad_config_value_names_the_key(tmp_path, override, key):
     assert key in proc.stdout + proc.stderr
 
 
+def test_misspelled_label_is_named_with_the_choices(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--config", "labels=['Cardiomegaly', 'Cardiomegally']", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config key labels: unknown label 'Cardiomegally'" in out
+    assert "'Pleural Effusion'" in out, "the message lists the valid labels"
+
+
 def test_num_to_discard_is_required(tmp_path):
     proc = snakemake(tmp_path, "-n", "--config",
                      "overrides={'Cardiomegaly': {'d3m': {'selection': 'num_to_discard'}}}", check=False)

@@ -10,6 +10,15 @@ from snakemake.utils import validate
 from d3mflow.controls import METHODS as ALL_METHODS
 from d3mflow.names import CHEXPERT_LABELS, group_from_slug, group_slug, label_from_slug, label_slug
 
+# The schema's message for a misspelled label ("... is not valid under any of the given
+# schemas") names neither the label nor the choices, so labels are checked first.
+if isinstance(config.get("labels"), list):
+    for configured in config["labels"]:
+        if configured not in CHEXPERT_LABELS:
+            raise ValueError(
+                f"config key labels: unknown label {configured!r}; expected 'auto' or a list of "
+                f"CheXpert labels: {list(CHEXPERT_LABELS)}"
+            )
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = config["results"]
